@@ -30,7 +30,10 @@ class RestraintSeclusion(models.TextChoices):
 
 class IdeaRemoval(models.TextChoices):
     NONE = "none", "None"
-    SCHOOL_PERSONNEL = "school_personnel", "By school personnel (drugs, weapons, serious bodily injury)"
+    SCHOOL_PERSONNEL = (
+        "school_personnel",
+        "By school personnel (drugs, weapons, serious bodily injury)",
+    )
     HEARING_OFFICER = "hearing_officer", "By hearing officer"
 
 
@@ -54,11 +57,19 @@ OPEN_BSR_STATES = (BsrState.SUBMITTED, BsrState.TRIAGED, BsrState.IN_PROGRESS, B
 # Allowed workflow moves. Any open state can be escalated; resolved and closed are final.
 BSR_TRANSITIONS: dict[str, tuple[str, ...]] = {
     BsrState.SUBMITTED: (BsrState.TRIAGED, BsrState.ESCALATED, BsrState.CLOSED_NO_ACTION),
-    BsrState.TRIAGED: (BsrState.IN_PROGRESS, BsrState.ESCALATED, BsrState.RESOLVED,
-                       BsrState.CLOSED_NO_ACTION),
+    BsrState.TRIAGED: (
+        BsrState.IN_PROGRESS,
+        BsrState.ESCALATED,
+        BsrState.RESOLVED,
+        BsrState.CLOSED_NO_ACTION,
+    ),
     BsrState.IN_PROGRESS: (BsrState.RESOLVED, BsrState.ESCALATED, BsrState.CLOSED_NO_ACTION),
-    BsrState.ESCALATED: (BsrState.TRIAGED, BsrState.IN_PROGRESS, BsrState.RESOLVED,
-                         BsrState.CLOSED_NO_ACTION),
+    BsrState.ESCALATED: (
+        BsrState.TRIAGED,
+        BsrState.IN_PROGRESS,
+        BsrState.RESOLVED,
+        BsrState.CLOSED_NO_ACTION,
+    ),
     BsrState.RESOLVED: (),
     BsrState.CLOSED_NO_ACTION: (),
 }

@@ -26,7 +26,11 @@ class Descriptor(models.Model):
     """
 
     district = models.ForeignKey(
-        "schools.District", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        "schools.District",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
         help_text="Empty: a shipped default shared by every district.",
     )
     category = models.CharField(max_length=24, choices=Cat.choices)
@@ -55,8 +59,11 @@ class Descriptor(models.Model):
 
 def _descriptor(category: str, **kwargs) -> models.ForeignKey:
     return models.ForeignKey(
-        Descriptor, on_delete=models.PROTECT, related_name="+",
-        limit_choices_to={"category": category, "is_active": True}, **kwargs,
+        Descriptor,
+        on_delete=models.PROTECT,
+        related_name="+",
+        limit_choices_to={"category": category, "is_active": True},
+        **kwargs,
     )
 
 
@@ -73,26 +80,38 @@ class Incident(TenantModel):
     occurred_at = models.TimeField("time of day")
     level = models.CharField(max_length=8, choices=choices.IncidentLevel.choices)
     problem_behavior = models.ForeignKey(
-        Descriptor, on_delete=models.PROTECT, related_name="+",
+        Descriptor,
+        on_delete=models.PROTECT,
+        related_name="+",
         limit_choices_to={"category__in": [Cat.PROBLEM_BEHAVIOR_MINOR, Cat.PROBLEM_BEHAVIOR_MAJOR]},
     )
     subtype = models.ForeignKey(
-        Descriptor, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        Descriptor,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
         limit_choices_to={"category__in": [Cat.HARASSMENT_TYPE, Cat.WEAPON_TYPE, Cat.FIREARM_TYPE]},
         help_text="Harassment type, weapon type (for Weapons) or firearm type.",
     )
     location = _descriptor(Cat.LOCATION)
-    motivation = _descriptor(Cat.MOTIVATION, null=True, blank=True, verbose_name="perceived motivation")
+    motivation = _descriptor(
+        Cat.MOTIVATION, null=True, blank=True, verbose_name="perceived motivation"
+    )
     others_involved = _descriptor(Cat.OTHERS_INVOLVED, null=True, blank=True)
     restraint_seclusion = models.CharField(
-        "restraint / seclusion", max_length=12, choices=choices.RestraintSeclusion.choices,
+        "restraint / seclusion",
+        max_length=12,
+        choices=choices.RestraintSeclusion.choices,
         default=choices.RestraintSeclusion.NONE,
     )
     law_enforcement_referral = models.BooleanField("referral to law enforcement", default=False)
     school_related_arrest = models.BooleanField(default=False)
     zero_tolerance_expulsion = models.BooleanField(default=False)
     idea_removal = models.CharField(
-        "IDEA removal", max_length=16, choices=choices.IdeaRemoval.choices,
+        "IDEA removal",
+        max_length=16,
+        choices=choices.IdeaRemoval.choices,
         default=choices.IdeaRemoval.NONE,
     )
     services_after_removal = models.BooleanField(default=False)
@@ -112,8 +131,9 @@ class Incident(TenantModel):
         ]
         constraints = [
             valid_code("level", choices.IncidentLevel, name="incident_level_valid"),
-            valid_code("restraint_seclusion", choices.RestraintSeclusion,
-                       name="incident_restraint_valid"),
+            valid_code(
+                "restraint_seclusion", choices.RestraintSeclusion, name="incident_restraint_valid"
+            ),
             valid_code("idea_removal", choices.IdeaRemoval, name="incident_idea_removal_valid"),
             models.CheckConstraint(
                 condition=Q(school_related_arrest=False) | Q(law_enforcement_referral=True),
@@ -133,12 +153,11 @@ class Incident(TenantModel):
             choices.IncidentLevel.MINOR: Cat.PROBLEM_BEHAVIOR_MINOR,
             choices.IncidentLevel.MAJOR: Cat.PROBLEM_BEHAVIOR_MAJOR,
         }.get(self.level)
-        if self.problem_behavior_id and expected:
-            if self.problem_behavior.category != expected:
-                errors["problem_behavior"] = (
-                    f"“{self.problem_behavior}” is not a {self.get_level_display().lower()} "
-                    "problem behavior."
-                )
+        if self.problem_behavior_id and expected and self.problem_behavior.category != expected:
+            errors["problem_behavior"] = (
+                f"“{self.problem_behavior}” is not a {self.get_level_display().lower()} "
+                "problem behavior."
+            )
         for name, category in (
             ("location", [Cat.LOCATION]),
             ("motivation", [Cat.MOTIVATION]),
@@ -147,7 +166,9 @@ class Incident(TenantModel):
         ):
             value = getattr(self, name)
             if value is not None and value.category not in category:
-                errors[name] = f"“{value}” is not a valid {self._meta.get_field(name).verbose_name}."
+                errors[name] = (
+                    f"“{value}” is not a valid {self._meta.get_field(name).verbose_name}."
+                )
         for name in ("problem_behavior", "location", "motivation", "others_involved", "subtype"):
             value = getattr(self, f"{name}_id") and getattr(self, name)
             if value and value.district_id not in (None, self.district_id):
@@ -255,8 +276,12 @@ class BehaviorSupportRequest(TenantModel):
     event_prefix = "bsr"
 
     # Time to resolution by priority; overdue open requests escalate.
-    DUE_AFTER = {1: timedelta(hours=4), 2: timedelta(days=1), 3: timedelta(days=3),
-                 4: timedelta(days=7)}
+    DUE_AFTER = {
+        1: timedelta(hours=4),
+        2: timedelta(days=1),
+        3: timedelta(days=3),
+        4: timedelta(days=7),
+    }
 
     class Meta:
         ordering = ["school", "priority", "submitted_at"]
@@ -302,7 +327,9 @@ class BsrTransition(TenantModel):
         ordering = ["request", "at", "id"]
         constraints = [
             valid_code("to_state", choices.BsrState, name="bsr_transition_to_valid"),
-            valid_code("from_state", choices.BsrState, name="bsr_transition_from_valid", blank=True),
+            valid_code(
+                "from_state", choices.BsrState, name="bsr_transition_from_valid", blank=True
+            ),
         ]
 
     def __str__(self) -> str:
@@ -317,7 +344,11 @@ class Intervention(TenantModel):
     tier = models.PositiveSmallIntegerField(choices=choices.InterventionTier.choices)
     intervention_type = _descriptor(Cat.INTERVENTION_TYPE)
     staff = models.ForeignKey(
-        Staff, null=True, blank=True, on_delete=models.SET_NULL, related_name="interventions",
+        Staff,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="interventions",
         help_text="Responsible staff member.",
     )
     start_date = models.DateField()
@@ -327,7 +358,8 @@ class Intervention(TenantModel):
         "fidelity (%)", null=True, blank=True, help_text="Share of sessions delivered as planned."
     )
     outcome = models.CharField(
-        max_length=16, choices=choices.InterventionOutcome.choices,
+        max_length=16,
+        choices=choices.InterventionOutcome.choices,
         default=choices.InterventionOutcome.ONGOING,
     )
     goal = models.TextField(blank=True)
@@ -343,7 +375,9 @@ class Intervention(TenantModel):
         constraints = [
             in_range("tier", 1, 3, name="intervention_tier_range", nullable=False),
             in_range("fidelity_pct", 0, 100, name="intervention_fidelity_range"),
-            not_before("planned_end_date", "start_date", name="intervention_planned_end_after_start"),
+            not_before(
+                "planned_end_date", "start_date", name="intervention_planned_end_after_start"
+            ),
             not_before("end_date", "start_date", name="intervention_end_after_start"),
             valid_code("outcome", choices.InterventionOutcome, name="intervention_outcome_valid"),
         ]

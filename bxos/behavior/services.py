@@ -15,35 +15,69 @@ from bxos.common.services import model_create, model_save, write_as
 from bxos.schools.models import School, Staff, Student
 
 
-def incident_create(*, actor, student: Student, school: School, reported_by: Staff,
-                    occurred_on: date, occurred_at: time, level: str,
-                    problem_behavior: Descriptor, location: Descriptor, **extra) -> Incident:
+def incident_create(
+    *,
+    actor,
+    student: Student,
+    school: School,
+    reported_by: Staff,
+    occurred_on: date,
+    occurred_at: time,
+    level: str,
+    problem_behavior: Descriptor,
+    location: Descriptor,
+    **extra,
+) -> Incident:
     """Record a referral. Actions and participants are added with their own services."""
     return model_create(
-        model=Incident, actor=actor,
-        data={"district_id": student.district_id, "student": student, "school": school,
-              "reported_by": reported_by, "occurred_on": occurred_on,
-              "occurred_at": occurred_at, "level": level,
-              "problem_behavior": problem_behavior, "location": location, **extra},
+        model=Incident,
+        actor=actor,
+        data={
+            "district_id": student.district_id,
+            "student": student,
+            "school": school,
+            "reported_by": reported_by,
+            "occurred_on": occurred_on,
+            "occurred_at": occurred_at,
+            "level": level,
+            "problem_behavior": problem_behavior,
+            "location": location,
+            **extra,
+        },
     )
 
 
-def bsr_submit(*, actor, student: Student, school: School, requested_by: Staff,
-               concern: str) -> BehaviorSupportRequest:
+def bsr_submit(
+    *, actor, student: Student, school: School, requested_by: Staff, concern: str
+) -> BehaviorSupportRequest:
     with write_as(actor):
         bsr = model_create(
-            model=BehaviorSupportRequest, actor=actor,
-            data={"district_id": student.district_id, "student": student, "school": school,
-                  "requested_by": requested_by, "concern": concern,
-                  "state": choices.BsrState.SUBMITTED, "submitted_at": timezone.now()},
+            model=BehaviorSupportRequest,
+            actor=actor,
+            data={
+                "district_id": student.district_id,
+                "student": student,
+                "school": school,
+                "requested_by": requested_by,
+                "concern": concern,
+                "state": choices.BsrState.SUBMITTED,
+                "submitted_at": timezone.now(),
+            },
         )
         _record_transition(bsr=bsr, actor=actor, from_state="", note="Submitted")
     return bsr
 
 
-def bsr_transition(*, actor, bsr: BehaviorSupportRequest, to_state: str, note: str = "",
-                   priority: int | None = None, assignee: Staff | None = None,
-                   resolution: str = "") -> BehaviorSupportRequest:
+def bsr_transition(
+    *,
+    actor,
+    bsr: BehaviorSupportRequest,
+    to_state: str,
+    note: str = "",
+    priority: int | None = None,
+    assignee: Staff | None = None,
+    resolution: str = "",
+) -> BehaviorSupportRequest:
     """Move a BSR through its workflow (see choices.BSR_TRANSITIONS).
 
     Triage sets the priority (and so the due time) and usually an assignee; resolving or
@@ -55,10 +89,12 @@ def bsr_transition(*, actor, bsr: BehaviorSupportRequest, to_state: str, note: s
         allowed = choices.BSR_TRANSITIONS.get(bsr.state, ())
         if to_state not in allowed:
             names = ", ".join(choices.BsrState(s).label for s in allowed) or "none (it is closed)"
+            target = dict(choices.BsrState.choices).get(to_state, to_state)
             raise ValidationError(
-                {"state": f"A {bsr.get_state_display().lower()} request cannot move to "
-                 f"“{choices.BsrState(to_state).label if to_state in choices.BsrState.values else to_state}”. "
-                 f"Allowed: {names}."}
+                {
+                    "state": f"A {bsr.get_state_display().lower()} request cannot move to "
+                    f"“{target}”. Allowed: {names}."
+                }
             )
         from_state = bsr.state
         fields = ["state"]
@@ -94,16 +130,27 @@ def bsr_escalate_overdue(*, actor, now=None) -> int:
     count = 0
     for pk in overdue.iterator():
         bsr = BehaviorSupportRequest.objects.get(pk=pk)
-        bsr_transition(actor=actor, bsr=bsr, to_state=choices.BsrState.ESCALATED,
-                       note=f"Overdue since {bsr.due_at:%Y-%m-%d %H:%M %Z}")
+        bsr_transition(
+            actor=actor,
+            bsr=bsr,
+            to_state=choices.BsrState.ESCALATED,
+            note=f"Overdue since {bsr.due_at:%Y-%m-%d %H:%M %Z}",
+        )
         count += 1
     return count
 
 
 def _record_transition(*, bsr: BehaviorSupportRequest, actor, from_state: str, note: str) -> None:
     model_create(
-        model=BsrTransition, actor=actor,
-        data={"district_id": bsr.district_id, "request": bsr, "from_state": from_state,
-              "to_state": bsr.state, "actor": actor if getattr(actor, "pk", None) else None,
-              "note": note, "at": timezone.now()},
+        model=BsrTransition,
+        actor=actor,
+        data={
+            "district_id": bsr.district_id,
+            "request": bsr,
+            "from_state": from_state,
+            "to_state": bsr.state,
+            "actor": actor if getattr(actor, "pk", None) else None,
+            "note": note,
+            "at": timezone.now(),
+        },
     )

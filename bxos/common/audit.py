@@ -46,7 +46,9 @@ def current_actor():
     return _current_actor.get()
 
 
-def audit_bulk(*, model: type, action: int, object_ids: Iterable[int], actor, note: str) -> LogEntry:
+def audit_bulk(
+    *, model: type, action: int, object_ids: Iterable[int], actor, note: str
+) -> LogEntry:
     """One audit entry for a batch written by a bulk path (seeding, imports, syncs).
 
     Bulk paths skip per-row signals for speed; this keeps them visible in the audit log.

@@ -30,8 +30,7 @@ def not_before(later: str, earlier: str, *, name: str, message: str | None = Non
         condition=Q(**{f"{later}__isnull": True}) | Q(**{f"{later}__gte": F(earlier)}),
         name=name,
         violation_error_message=message
-        or f"{later.replace('_', ' ').capitalize()} cannot be before "
-        f"{earlier.replace('_', ' ')}.",
+        or f"{later.replace('_', ' ').capitalize()} cannot be before {earlier.replace('_', ' ')}.",
     )
 
 

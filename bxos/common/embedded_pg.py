@@ -11,6 +11,7 @@ This module must not import Django: settings import it before Django is configur
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -63,11 +64,9 @@ def _ensure_database(params: dict, db_name: str) -> None:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db_name]).fetchone()
         if exists:
             return
-        try:
+        # Another process (web, worker, beat) may create it at the same moment.
+        with contextlib.suppress(errors.DuplicateDatabase):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
-        except errors.DuplicateDatabase:
-            # Another process (web, worker, beat) created it at the same moment.
-            pass
 
 
 def stop_server(var_dir: Path) -> bool:

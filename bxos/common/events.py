@@ -86,7 +86,9 @@ def unsubscribe(event_type: str, handler: Handler) -> None:
 def emit(event_type: str, obj=None, *, data: dict | None = None) -> DomainEvent:
     """Announce a change. Call inside the service's transaction."""
     if event_type not in _catalogue:
-        raise ValueError(f"Unknown event type {event_type!r}: declare it with register_event_type()")
+        raise ValueError(
+            f"Unknown event type {event_type!r}: declare it with register_event_type()"
+        )
     actor = current_actor()
     event = DomainEvent(
         type=event_type,

@@ -35,9 +35,7 @@ def decrypt(token: str) -> str:
     try:
         return multifernet().decrypt(token[len(PREFIX) :].encode()).decode()
     except InvalidToken as exc:
-        raise ValueError(
-            "cannot decrypt: none of BXOS_ENCRYPTION_KEYS matches this value"
-        ) from exc
+        raise ValueError("cannot decrypt: none of BXOS_ENCRYPTION_KEYS matches this value") from exc
 
 
 def rotate(token: str) -> str:

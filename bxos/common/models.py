@@ -13,6 +13,8 @@ from django.contrib.postgres.indexes import BrinIndex
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from bxos.common.permissions import Gate
+
 
 class User(AbstractUser):
     """A person who signs in (staff, admins) or a named system actor for jobs.
@@ -141,6 +143,8 @@ class AccessLogEntry(models.Model):
     object_id = models.BigIntegerField()
     action = models.CharField(max_length=16, default="view")
     path = models.CharField(max_length=512, blank=True)
+
+    gate = Gate(district="district_id", student="student_id")
 
     class Meta:
         ordering = ["-at"]

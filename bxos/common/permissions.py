@@ -98,7 +98,8 @@ def _restrict_for_user(queryset: QuerySet, user, action: str, gate: Gate) -> Que
         return queryset.none()
 
     in_district = Q(**{gate.district: district_id})
-    if gate.shared_when_district_null:
+    if gate.shared_when_district_null and action == VIEW:
+        # Shipped defaults are read-only to districts; they add their own entries instead.
         in_district |= Q(**{f"{gate.district}__isnull": True})
     queryset = queryset.filter(in_district)
 

@@ -25,6 +25,7 @@ ACCESS_STUDENT = "access_student"
 _ALL = "vacd"
 ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
     DISTRICT_ADMIN: {
+        "common.AccessLogEntry": "v",
         "schools.District": "vc",
         "schools.School": _ALL,
         "schools.AcademicSession": _ALL,
@@ -156,8 +157,13 @@ def district_id_of(user) -> int | None:
 
 def forget(user) -> None:
     """Drop the cached roles and district (after changing them on the same user object)."""
-    for attr in ("_bxos_roles", "_bxos_district_id", "_perm_cache", "_user_perm_cache",
-                 "_group_perm_cache"):
+    for attr in (
+        "_bxos_roles",
+        "_bxos_district_id",
+        "_perm_cache",
+        "_user_perm_cache",
+        "_group_perm_cache",
+    ):
         if hasattr(user, attr):
             delattr(user, attr)
 

@@ -132,8 +132,10 @@ class AcademicSession(TenantModel):
             parent = AcademicSession.objects.filter(pk=self.parent_id).first()
             if parent and (self.start_date < parent.start_date or self.end_date > parent.end_date):
                 raise ValidationError(
-                    {"start_date": f"A session must lie within its parent {parent} "
-                     f"({parent.start_date} to {parent.end_date})."}
+                    {
+                        "start_date": f"A session must lie within its parent {parent} "
+                        f"({parent.start_date} to {parent.end_date})."
+                    }
                 )
 
 
@@ -200,7 +202,11 @@ class Guardian(TenantModel):
     phone = models.CharField(max_length=32, blank=True)
     preferred_language = models.CharField(max_length=35, default="en", help_text="BCP 47 tag.")
     user = models.OneToOneField(
-        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="guardian",
+        User,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="guardian",
         help_text="Portal login, when the guardian has one.",
     )
     students = models.ManyToManyField(Student, through="StudentGuardian", related_name="guardians")
@@ -283,8 +289,13 @@ class StudentDemographic(TenantModel):
                 expressions=[
                     ("student", RangeOperators.EQUAL),
                     (
-                        Func(F("valid_from"), F("valid_to"), models.Value("[)"),
-                             function="daterange", output_field=DateRangeField()),
+                        Func(
+                            F("valid_from"),
+                            F("valid_to"),
+                            models.Value("[)"),
+                            function="daterange",
+                            output_field=DateRangeField(),
+                        ),
                         RangeOperators.OVERLAPS,
                     ),
                 ],
@@ -347,15 +358,15 @@ class Enrollment(TenantModel):
     student = models.ForeignKey(Student, on_delete=models.CASCADE, related_name="enrollments")
     school = models.ForeignKey(School, on_delete=models.PROTECT, related_name="enrollments")
     school_year = models.ForeignKey(
-        AcademicSession, on_delete=models.PROTECT, related_name="enrollments",
+        AcademicSession,
+        on_delete=models.PROTECT,
+        related_name="enrollments",
         limit_choices_to={"session_type": choices.SessionType.SCHOOL_YEAR},
     )
     grade_level = models.CharField(max_length=2, choices=choices.GradeLevel.choices)
     entry_date = models.DateField()
     exit_date = models.DateField(null=True, blank=True)
-    exit_reason = models.CharField(
-        max_length=16, choices=choices.ExitReason.choices, blank=True
-    )
+    exit_reason = models.CharField(max_length=16, choices=choices.ExitReason.choices, blank=True)
     is_primary = models.BooleanField(default=True)
 
     gate = Gate(school="school", student="student")
@@ -364,8 +375,12 @@ class Enrollment(TenantModel):
     class Meta:
         ordering = ["-entry_date", "id"]
         constraints = [
-            not_before("exit_date", "entry_date", name="enrollment_exit_after_entry",
-                       message="Exit date cannot be before the entry date."),
+            not_before(
+                "exit_date",
+                "entry_date",
+                name="enrollment_exit_after_entry",
+                message="Exit date cannot be before the entry date.",
+            ),
             models.UniqueConstraint(
                 fields=["student", "school"],
                 condition=Q(exit_date__isnull=True),
@@ -374,8 +389,9 @@ class Enrollment(TenantModel):
                 "school; set an exit date on it first.",
             ),
             valid_code("grade_level", choices.GradeLevel, name="enrollment_grade_valid"),
-            valid_code("exit_reason", choices.ExitReason, name="enrollment_exit_reason_valid",
-                       blank=True),
+            valid_code(
+                "exit_reason", choices.ExitReason, name="enrollment_exit_reason_valid", blank=True
+            ),
         ]
 
     def __str__(self) -> str:
@@ -426,7 +442,9 @@ class SectionEnrollment(TenantModel):
     """A student in a section (Ed-Fi studentSectionAssociation)."""
 
     section = models.ForeignKey(Section, on_delete=models.CASCADE, related_name="enrollments")
-    student = models.ForeignKey(Student, on_delete=models.CASCADE, related_name="section_enrollments")
+    student = models.ForeignKey(
+        Student, on_delete=models.CASCADE, related_name="section_enrollments"
+    )
     begin_date = models.DateField()
     end_date = models.DateField(null=True, blank=True)
 
@@ -475,9 +493,12 @@ class DailyAttendance(TenantModel):
                 name="daily_attendance_one_per_day",
                 violation_error_message="This student already has attendance for this day.",
             ),
-            valid_code("status", choices.DailyAttendanceStatus, name="daily_attendance_status_valid"),
-            in_range("minutes_absent", 0, 1440, name="daily_attendance_minutes_range",
-                     nullable=False),
+            valid_code(
+                "status", choices.DailyAttendanceStatus, name="daily_attendance_status_valid"
+            ),
+            in_range(
+                "minutes_absent", 0, 1440, name="daily_attendance_minutes_range", nullable=False
+            ),
         ]
         indexes = [models.Index(fields=["school", "date"], name="daily_att_school_date")]
 
@@ -506,7 +527,9 @@ class PeriodAttendance(TenantModel):
                 violation_error_message="This student already has attendance for this section "
                 "on this day.",
             ),
-            valid_code("status", choices.DailyAttendanceStatus, name="period_attendance_status_valid"),
+            valid_code(
+                "status", choices.DailyAttendanceStatus, name="period_attendance_status_valid"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -554,7 +577,9 @@ class Grade(TenantModel):
         if self.numeric_grade is not None and not (0 <= self.numeric_grade <= 100):
             raise ValidationError({"numeric_grade": "Numeric grade must be between 0 and 100."})
         if not self.letter_grade and self.numeric_grade is None:
-            raise ValidationError({"letter_grade": "Give a letter grade, a numeric grade, or both."})
+            raise ValidationError(
+                {"letter_grade": "Give a letter grade, a numeric grade, or both."}
+            )
 
 
 # --- django-guardian object permissions, as direct foreign keys (fast joins on big tables) ----

@@ -30,48 +30,91 @@ POSITION_ROLE = {
 }
 
 
-def student_create(*, actor, district, student_number: str, first_name: str, last_name: str,
-                   birth_date: date, grade_level: str, **extra) -> Student:
+def student_create(
+    *,
+    actor,
+    district,
+    student_number: str,
+    first_name: str,
+    last_name: str,
+    birth_date: date,
+    grade_level: str,
+    **extra,
+) -> Student:
     return model_create(
-        model=Student, actor=actor,
-        data={"district": district, "student_number": student_number, "first_name": first_name,
-              "last_name": last_name, "birth_date": birth_date, "grade_level": grade_level,
-              **extra},
+        model=Student,
+        actor=actor,
+        data={
+            "district": district,
+            "student_number": student_number,
+            "first_name": first_name,
+            "last_name": last_name,
+            "birth_date": birth_date,
+            "grade_level": grade_level,
+            **extra,
+        },
     )
 
 
-def enrollment_create(*, actor, student: Student, school: School, school_year, grade_level: str,
-                      entry_date: date, is_primary: bool = True) -> Enrollment:
+def enrollment_create(
+    *,
+    actor,
+    student: Student,
+    school: School,
+    school_year,
+    grade_level: str,
+    entry_date: date,
+    is_primary: bool = True,
+) -> Enrollment:
     return model_create(
-        model=Enrollment, actor=actor,
-        data={"district_id": student.district_id, "student": student, "school": school,
-              "school_year": school_year, "grade_level": grade_level,
-              "entry_date": entry_date, "is_primary": is_primary},
+        model=Enrollment,
+        actor=actor,
+        data={
+            "district_id": student.district_id,
+            "student": student,
+            "school": school,
+            "school_year": school_year,
+            "grade_level": grade_level,
+            "entry_date": entry_date,
+            "is_primary": is_primary,
+        },
     )
 
 
-def enrollment_exit(*, actor, enrollment: Enrollment, exit_date: date, exit_reason: str) -> Enrollment:
+def enrollment_exit(
+    *, actor, enrollment: Enrollment, exit_date: date, exit_reason: str
+) -> Enrollment:
     """Close an open enrollment (transfer, graduation...)."""
     if enrollment.exit_date is not None:
-        raise ValidationError({"exit_date": f"This enrollment already ended on {enrollment.exit_date}."})
+        raise ValidationError(
+            {"exit_date": f"This enrollment already ended on {enrollment.exit_date}."}
+        )
     enrollment.exit_date = exit_date
     enrollment.exit_reason = exit_reason
     return model_save(instance=enrollment, actor=actor, fields=["exit_date", "exit_reason"])
 
 
-def section_enroll(*, actor, section: Section, student: Student, begin_date: date) -> SectionEnrollment:
+def section_enroll(
+    *, actor, section: Section, student: Student, begin_date: date
+) -> SectionEnrollment:
     return model_create(
-        model=SectionEnrollment, actor=actor,
-        data={"district_id": section.district_id, "section": section, "student": student,
-              "begin_date": begin_date},
+        model=SectionEnrollment,
+        actor=actor,
+        data={
+            "district_id": section.district_id,
+            "section": section,
+            "student": student,
+            "begin_date": begin_date,
+        },
     )
 
 
 # --- people, logins, roles and the object permissions behind the gate ------------------------
 
 
-def staff_login_create(*, actor, staff: Staff, username: str, password: str | None,
-                       is_staff: bool = True) -> User:
+def staff_login_create(
+    *, actor, staff: Staff, username: str, password: str | None, is_staff: bool = True
+) -> User:
     """Give a staff member a login with the role group of their position.
 
     With ``password=None`` the login has no usable password (single sign-on, or set later).
@@ -81,8 +124,13 @@ def staff_login_create(*, actor, staff: Staff, username: str, password: str | No
             raise ValidationError({"user": f"{staff} already has the login {staff.user}."})
         if User.objects.filter(username=username).exists():
             raise ValidationError({"username": f"The username {username!r} is taken."})
-        user = User(username=username, first_name=staff.first_name, last_name=staff.last_name,
-                    email=staff.email, is_staff=is_staff)
+        user = User(
+            username=username,
+            first_name=staff.first_name,
+            last_name=staff.last_name,
+            email=staff.email,
+            is_staff=is_staff,
+        )
         if password is None:
             user.set_unusable_password()
         else:
@@ -104,7 +152,10 @@ def staff_set_schools(*, actor, staff: Staff, schools: list[School]) -> None:
             if school.district_id != staff.district_id:
                 raise ValidationError({"schools": f"{school} belongs to another district."})
         staff.schools.set(schools)
-        if staff.user_id and POSITION_ROLE.get(staff.position) in (roles.SCHOOL_ADMIN, roles.COUNSELOR):
+        if staff.user_id and POSITION_ROLE.get(staff.position) in (
+            roles.SCHOOL_ADMIN,
+            roles.COUNSELOR,
+        ):
             access_set_schools(actor=actor, user=staff.user, schools=schools)
         events.emit("staff.updated", staff)
 

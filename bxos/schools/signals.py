@@ -8,9 +8,20 @@ from bxos.schools import models as m
 AUDIT_EXCLUDE = ["change_version", "updated_at", "created_at"]
 
 for model in (
-    m.District, m.School, m.AcademicSession, m.Student, m.Guardian, m.StudentGuardian,
-    m.StudentDemographic, m.Staff, m.Enrollment, m.Section, m.SectionEnrollment,
-    m.DailyAttendance, m.PeriodAttendance, m.Grade,
+    m.District,
+    m.School,
+    m.AcademicSession,
+    m.Student,
+    m.Guardian,
+    m.StudentGuardian,
+    m.StudentDemographic,
+    m.Staff,
+    m.Enrollment,
+    m.Section,
+    m.SectionEnrollment,
+    m.DailyAttendance,
+    m.PeriodAttendance,
+    m.Grade,
 ):
     auditlog.register(model, exclude_fields=AUDIT_EXCLUDE)
 

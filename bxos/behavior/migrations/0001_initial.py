@@ -8,276 +8,1054 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('schools', '0001_initial'),
+        ("schools", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='BehaviorSupportRequest',
+            name="BehaviorSupportRequest",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('concern', models.TextField(help_text='What the staff member sees and needs help with.')),
-                ('state', models.CharField(choices=[('submitted', 'Submitted'), ('triaged', 'Triaged'), ('in_progress', 'In progress'), ('escalated', 'Escalated'), ('resolved', 'Resolved'), ('closed_no_action', 'Closed, no action')], default='submitted', max_length=16)),
-                ('priority', models.PositiveSmallIntegerField(blank=True, help_text='1 (urgent) to 4 (routine); set at triage.', null=True)),
-                ('submitted_at', models.DateTimeField()),
-                ('due_at', models.DateTimeField(blank=True, null=True)),
-                ('closed_at', models.DateTimeField(blank=True, null=True)),
-                ('resolution', models.TextField(blank=True)),
-                ('assignee', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='assigned_requests', to='schools.staff')),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('requested_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.staff')),
-                ('school', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='support_requests', to='schools.school')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='support_requests', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "concern",
+                    models.TextField(help_text="What the staff member sees and needs help with."),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("submitted", "Submitted"),
+                            ("triaged", "Triaged"),
+                            ("in_progress", "In progress"),
+                            ("escalated", "Escalated"),
+                            ("resolved", "Resolved"),
+                            ("closed_no_action", "Closed, no action"),
+                        ],
+                        default="submitted",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "priority",
+                    models.PositiveSmallIntegerField(
+                        blank=True, help_text="1 (urgent) to 4 (routine); set at triage.", null=True
+                    ),
+                ),
+                ("submitted_at", models.DateTimeField()),
+                ("due_at", models.DateTimeField(blank=True, null=True)),
+                ("closed_at", models.DateTimeField(blank=True, null=True)),
+                ("resolution", models.TextField(blank=True)),
+                (
+                    "assignee",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="assigned_requests",
+                        to="schools.staff",
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "requested_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.staff",
+                    ),
+                ),
+                (
+                    "school",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="support_requests",
+                        to="schools.school",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="support_requests",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'behavior support request',
-                'ordering': ['school', 'priority', 'submitted_at'],
+                "verbose_name": "behavior support request",
+                "ordering": ["school", "priority", "submitted_at"],
             },
         ),
         migrations.CreateModel(
-            name='BsrTransition',
+            name="BsrTransition",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('from_state', models.CharField(blank=True, choices=[('submitted', 'Submitted'), ('triaged', 'Triaged'), ('in_progress', 'In progress'), ('escalated', 'Escalated'), ('resolved', 'Resolved'), ('closed_no_action', 'Closed, no action')], max_length=16)),
-                ('to_state', models.CharField(choices=[('submitted', 'Submitted'), ('triaged', 'Triaged'), ('in_progress', 'In progress'), ('escalated', 'Escalated'), ('resolved', 'Resolved'), ('closed_no_action', 'Closed, no action')], max_length=16)),
-                ('note', models.TextField(blank=True)),
-                ('at', models.DateTimeField()),
-                ('actor', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='transitions', to='behavior.behaviorsupportrequest')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "from_state",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("submitted", "Submitted"),
+                            ("triaged", "Triaged"),
+                            ("in_progress", "In progress"),
+                            ("escalated", "Escalated"),
+                            ("resolved", "Resolved"),
+                            ("closed_no_action", "Closed, no action"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "to_state",
+                    models.CharField(
+                        choices=[
+                            ("submitted", "Submitted"),
+                            ("triaged", "Triaged"),
+                            ("in_progress", "In progress"),
+                            ("escalated", "Escalated"),
+                            ("resolved", "Resolved"),
+                            ("closed_no_action", "Closed, no action"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("note", models.TextField(blank=True)),
+                ("at", models.DateTimeField()),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "request",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="transitions",
+                        to="behavior.behaviorsupportrequest",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['request', 'at', 'id'],
+                "ordering": ["request", "at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Descriptor',
+            name="Descriptor",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('category', models.CharField(choices=[('behavior_minor', 'Problem behavior (minor)'), ('behavior_major', 'Problem behavior (major)'), ('harassment_type', 'Harassment type'), ('weapon_type', 'Weapon type'), ('firearm_type', 'Firearm type'), ('location', 'Location'), ('motivation', 'Perceived motivation'), ('others_involved', 'Others involved'), ('action', 'Action taken'), ('intervention_type', 'Intervention type')], max_length=24)),
-                ('code', models.SlugField(max_length=64)),
-                ('label', models.CharField(max_length=120)),
-                ('sort_order', models.PositiveSmallIntegerField(default=100)),
-                ('is_active', models.BooleanField(default=True)),
-                ('district', models.ForeignKey(blank=True, help_text='Empty: a shipped default shared by every district.', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "category",
+                    models.CharField(
+                        choices=[
+                            ("behavior_minor", "Problem behavior (minor)"),
+                            ("behavior_major", "Problem behavior (major)"),
+                            ("harassment_type", "Harassment type"),
+                            ("weapon_type", "Weapon type"),
+                            ("firearm_type", "Firearm type"),
+                            ("location", "Location"),
+                            ("motivation", "Perceived motivation"),
+                            ("others_involved", "Others involved"),
+                            ("action", "Action taken"),
+                            ("intervention_type", "Intervention type"),
+                        ],
+                        max_length=24,
+                    ),
+                ),
+                ("code", models.SlugField(max_length=64)),
+                ("label", models.CharField(max_length=120)),
+                ("sort_order", models.PositiveSmallIntegerField(default=100)),
+                ("is_active", models.BooleanField(default=True)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="Empty: a shipped default shared by every district.",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['category', 'sort_order', 'label'],
+                "ordering": ["category", "sort_order", "label"],
             },
         ),
         migrations.CreateModel(
-            name='Incident',
+            name="Incident",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('occurred_on', models.DateField(verbose_name='date')),
-                ('occurred_at', models.TimeField(verbose_name='time of day')),
-                ('level', models.CharField(choices=[('minor', 'Minor (classroom-managed)'), ('major', 'Major (office-managed)')], max_length=8)),
-                ('restraint_seclusion', models.CharField(choices=[('none', 'None'), ('mechanical', 'Mechanical restraint'), ('physical', 'Physical restraint'), ('seclusion', 'Seclusion')], default='none', max_length=12, verbose_name='restraint / seclusion')),
-                ('law_enforcement_referral', models.BooleanField(default=False, verbose_name='referral to law enforcement')),
-                ('school_related_arrest', models.BooleanField(default=False)),
-                ('zero_tolerance_expulsion', models.BooleanField(default=False)),
-                ('idea_removal', models.CharField(choices=[('none', 'None'), ('school_personnel', 'By school personnel (drugs, weapons, serious bodily injury)'), ('hearing_officer', 'By hearing officer')], default='none', max_length=16, verbose_name='IDEA removal')),
-                ('services_after_removal', models.BooleanField(default=False)),
-                ('narrative', models.TextField(blank=True, help_text='What happened. Do not name other students. Never sent in notifications.')),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('location', models.ForeignKey(limit_choices_to={'category': 'location', 'is_active': True}, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='behavior.descriptor')),
-                ('motivation', models.ForeignKey(blank=True, limit_choices_to={'category': 'motivation', 'is_active': True}, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='behavior.descriptor', verbose_name='perceived motivation')),
-                ('others_involved', models.ForeignKey(blank=True, limit_choices_to={'category': 'others_involved', 'is_active': True}, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='behavior.descriptor')),
-                ('problem_behavior', models.ForeignKey(limit_choices_to={'category__in': ['behavior_minor', 'behavior_major']}, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='behavior.descriptor')),
-                ('reported_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='referrals', to='schools.staff')),
-                ('school', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='incidents', to='schools.school')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='incidents', to='schools.student')),
-                ('subtype', models.ForeignKey(blank=True, help_text='Harassment type, weapon type (for Weapons) or firearm type.', limit_choices_to={'category__in': ['harassment_type', 'weapon_type', 'firearm_type']}, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='behavior.descriptor')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("occurred_on", models.DateField(verbose_name="date")),
+                ("occurred_at", models.TimeField(verbose_name="time of day")),
+                (
+                    "level",
+                    models.CharField(
+                        choices=[
+                            ("minor", "Minor (classroom-managed)"),
+                            ("major", "Major (office-managed)"),
+                        ],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "restraint_seclusion",
+                    models.CharField(
+                        choices=[
+                            ("none", "None"),
+                            ("mechanical", "Mechanical restraint"),
+                            ("physical", "Physical restraint"),
+                            ("seclusion", "Seclusion"),
+                        ],
+                        default="none",
+                        max_length=12,
+                        verbose_name="restraint / seclusion",
+                    ),
+                ),
+                (
+                    "law_enforcement_referral",
+                    models.BooleanField(default=False, verbose_name="referral to law enforcement"),
+                ),
+                ("school_related_arrest", models.BooleanField(default=False)),
+                ("zero_tolerance_expulsion", models.BooleanField(default=False)),
+                (
+                    "idea_removal",
+                    models.CharField(
+                        choices=[
+                            ("none", "None"),
+                            (
+                                "school_personnel",
+                                "By school personnel (drugs, weapons, serious bodily injury)",
+                            ),
+                            ("hearing_officer", "By hearing officer"),
+                        ],
+                        default="none",
+                        max_length=16,
+                        verbose_name="IDEA removal",
+                    ),
+                ),
+                ("services_after_removal", models.BooleanField(default=False)),
+                (
+                    "narrative",
+                    models.TextField(
+                        blank=True,
+                        help_text="What happened. Do not name other students. Never sent in notifications.",
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "location",
+                    models.ForeignKey(
+                        limit_choices_to={"category": "location", "is_active": True},
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="behavior.descriptor",
+                    ),
+                ),
+                (
+                    "motivation",
+                    models.ForeignKey(
+                        blank=True,
+                        limit_choices_to={"category": "motivation", "is_active": True},
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="behavior.descriptor",
+                        verbose_name="perceived motivation",
+                    ),
+                ),
+                (
+                    "others_involved",
+                    models.ForeignKey(
+                        blank=True,
+                        limit_choices_to={"category": "others_involved", "is_active": True},
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="behavior.descriptor",
+                    ),
+                ),
+                (
+                    "problem_behavior",
+                    models.ForeignKey(
+                        limit_choices_to={"category__in": ["behavior_minor", "behavior_major"]},
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="behavior.descriptor",
+                    ),
+                ),
+                (
+                    "reported_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="referrals",
+                        to="schools.staff",
+                    ),
+                ),
+                (
+                    "school",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="incidents",
+                        to="schools.school",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="incidents",
+                        to="schools.student",
+                    ),
+                ),
+                (
+                    "subtype",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="Harassment type, weapon type (for Weapons) or firearm type.",
+                        limit_choices_to={
+                            "category__in": ["harassment_type", "weapon_type", "firearm_type"]
+                        },
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="behavior.descriptor",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-occurred_on', '-occurred_at', '-id'],
+                "ordering": ["-occurred_on", "-occurred_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='IncidentAction',
+            name="IncidentAction",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('duration_days', models.DecimalField(decimal_places=1, default=0, max_digits=5)),
-                ('start_date', models.DateField(blank=True, null=True)),
-                ('end_date', models.DateField(blank=True, null=True)),
-                ('action', models.ForeignKey(limit_choices_to={'category': 'action', 'is_active': True}, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='behavior.descriptor')),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('incident', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='actions', to='behavior.incident')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("duration_days", models.DecimalField(decimal_places=1, default=0, max_digits=5)),
+                ("start_date", models.DateField(blank=True, null=True)),
+                ("end_date", models.DateField(blank=True, null=True)),
+                (
+                    "action",
+                    models.ForeignKey(
+                        limit_choices_to={"category": "action", "is_active": True},
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="behavior.descriptor",
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "incident",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="actions",
+                        to="behavior.incident",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['incident', 'start_date', 'id'],
+                "ordering": ["incident", "start_date", "id"],
             },
         ),
         migrations.CreateModel(
-            name='IncidentParticipant',
+            name="IncidentParticipant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('role', models.CharField(choices=[('victim', 'Victim'), ('perpetrator', 'Perpetrator'), ('witness', 'Witness')], max_length=12)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('incident', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='participants', to='behavior.incident')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("victim", "Victim"),
+                            ("perpetrator", "Perpetrator"),
+                            ("witness", "Witness"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "incident",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="participants",
+                        to="behavior.incident",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['incident', 'role'],
+                "ordering": ["incident", "role"],
             },
         ),
         migrations.CreateModel(
-            name='Intervention',
+            name="Intervention",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('tier', models.PositiveSmallIntegerField(choices=[(1, 'Tier 1 (universal)'), (2, 'Tier 2 (targeted)'), (3, 'Tier 3 (intensive)')])),
-                ('start_date', models.DateField()),
-                ('planned_end_date', models.DateField(blank=True, null=True)),
-                ('end_date', models.DateField(blank=True, null=True)),
-                ('fidelity_pct', models.PositiveSmallIntegerField(blank=True, help_text='Share of sessions delivered as planned.', null=True, verbose_name='fidelity (%)')),
-                ('outcome', models.CharField(choices=[('ongoing', 'Ongoing'), ('met', 'Goals met'), ('partially_met', 'Goals partially met'), ('not_met', 'Goals not met'), ('discontinued', 'Discontinued')], default='ongoing', max_length=16)),
-                ('goal', models.TextField(blank=True)),
-                ('confidential_notes', bxos.common.fields.EncryptedTextField(blank=True, help_text='Encrypted at rest; never shown in lists or sent to vendors.')),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('intervention_type', models.ForeignKey(limit_choices_to={'category': 'intervention_type', 'is_active': True}, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='behavior.descriptor')),
-                ('school', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='interventions', to='schools.school')),
-                ('staff', models.ForeignKey(blank=True, help_text='Responsible staff member.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='interventions', to='schools.staff')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='interventions', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "tier",
+                    models.PositiveSmallIntegerField(
+                        choices=[
+                            (1, "Tier 1 (universal)"),
+                            (2, "Tier 2 (targeted)"),
+                            (3, "Tier 3 (intensive)"),
+                        ]
+                    ),
+                ),
+                ("start_date", models.DateField()),
+                ("planned_end_date", models.DateField(blank=True, null=True)),
+                ("end_date", models.DateField(blank=True, null=True)),
+                (
+                    "fidelity_pct",
+                    models.PositiveSmallIntegerField(
+                        blank=True,
+                        help_text="Share of sessions delivered as planned.",
+                        null=True,
+                        verbose_name="fidelity (%)",
+                    ),
+                ),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("ongoing", "Ongoing"),
+                            ("met", "Goals met"),
+                            ("partially_met", "Goals partially met"),
+                            ("not_met", "Goals not met"),
+                            ("discontinued", "Discontinued"),
+                        ],
+                        default="ongoing",
+                        max_length=16,
+                    ),
+                ),
+                ("goal", models.TextField(blank=True)),
+                (
+                    "confidential_notes",
+                    bxos.common.fields.EncryptedTextField(
+                        blank=True,
+                        help_text="Encrypted at rest; never shown in lists or sent to vendors.",
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "intervention_type",
+                    models.ForeignKey(
+                        limit_choices_to={"category": "intervention_type", "is_active": True},
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="behavior.descriptor",
+                    ),
+                ),
+                (
+                    "school",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="interventions",
+                        to="schools.school",
+                    ),
+                ),
+                (
+                    "staff",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="Responsible staff member.",
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="interventions",
+                        to="schools.staff",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="interventions",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-start_date', 'id'],
+                "ordering": ["-start_date", "id"],
             },
         ),
         migrations.AddIndex(
-            model_name='behaviorsupportrequest',
-            index=models.Index(fields=['school', 'state', 'priority', 'submitted_at'], name='bsr_queue'),
+            model_name="behaviorsupportrequest",
+            index=models.Index(
+                fields=["school", "state", "priority", "submitted_at"], name="bsr_queue"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='behaviorsupportrequest',
-            constraint=models.CheckConstraint(condition=models.Q(('state__in', ['submitted', 'triaged', 'in_progress', 'escalated', 'resolved', 'closed_no_action'])), name='bsr_state_valid', violation_error_message='State must be one of: submitted, triaged, in_progress, escalated, resolved, closed_no_action.'),
+            model_name="behaviorsupportrequest",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "state__in",
+                        [
+                            "submitted",
+                            "triaged",
+                            "in_progress",
+                            "escalated",
+                            "resolved",
+                            "closed_no_action",
+                        ],
+                    )
+                ),
+                name="bsr_state_valid",
+                violation_error_message="State must be one of: submitted, triaged, in_progress, escalated, resolved, closed_no_action.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='behaviorsupportrequest',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('priority__gte', 1), ('priority__lte', 4)), ('priority__isnull', True), _connector='OR'), name='bsr_priority_range', violation_error_message='Priority must be between 1 and 4.'),
+            model_name="behaviorsupportrequest",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("priority__gte", 1), ("priority__lte", 4)),
+                    ("priority__isnull", True),
+                    _connector="OR",
+                ),
+                name="bsr_priority_range",
+                violation_error_message="Priority must be between 1 and 4.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='behaviorsupportrequest',
-            constraint=models.CheckConstraint(condition=models.Q(('state', 'submitted'), ('priority__isnull', False), _connector='OR'), name='bsr_triaged_has_priority', violation_error_message='A request past submission needs a priority.'),
+            model_name="behaviorsupportrequest",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("state", "submitted"), ("priority__isnull", False), _connector="OR"
+                ),
+                name="bsr_triaged_has_priority",
+                violation_error_message="A request past submission needs a priority.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='behaviorsupportrequest',
-            constraint=models.CheckConstraint(condition=models.Q(('closed_at__isnull', True), ('closed_at__gte', models.F('submitted_at')), _connector='OR'), name='bsr_closed_after_submitted', violation_error_message='Closed at cannot be before submitted at.'),
+            model_name="behaviorsupportrequest",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("closed_at__isnull", True),
+                    ("closed_at__gte", models.F("submitted_at")),
+                    _connector="OR",
+                ),
+                name="bsr_closed_after_submitted",
+                violation_error_message="Closed at cannot be before submitted at.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='bsrtransition',
-            constraint=models.CheckConstraint(condition=models.Q(('to_state__in', ['submitted', 'triaged', 'in_progress', 'escalated', 'resolved', 'closed_no_action'])), name='bsr_transition_to_valid', violation_error_message='To state must be one of: submitted, triaged, in_progress, escalated, resolved, closed_no_action.'),
+            model_name="bsrtransition",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "to_state__in",
+                        [
+                            "submitted",
+                            "triaged",
+                            "in_progress",
+                            "escalated",
+                            "resolved",
+                            "closed_no_action",
+                        ],
+                    )
+                ),
+                name="bsr_transition_to_valid",
+                violation_error_message="To state must be one of: submitted, triaged, in_progress, escalated, resolved, closed_no_action.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='bsrtransition',
-            constraint=models.CheckConstraint(condition=models.Q(('from_state__in', ['submitted', 'triaged', 'in_progress', 'escalated', 'resolved', 'closed_no_action']), ('from_state', ''), _connector='OR'), name='bsr_transition_from_valid', violation_error_message='From state must be one of: submitted, triaged, in_progress, escalated, resolved, closed_no_action.'),
+            model_name="bsrtransition",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "from_state__in",
+                        [
+                            "submitted",
+                            "triaged",
+                            "in_progress",
+                            "escalated",
+                            "resolved",
+                            "closed_no_action",
+                        ],
+                    ),
+                    ("from_state", ""),
+                    _connector="OR",
+                ),
+                name="bsr_transition_from_valid",
+                violation_error_message="From state must be one of: submitted, triaged, in_progress, escalated, resolved, closed_no_action.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='descriptor',
-            constraint=models.UniqueConstraint(fields=('district', 'category', 'code'), name='descriptor_code_unique', nulls_distinct=False, violation_error_message='This code already exists in this list.'),
+            model_name="descriptor",
+            constraint=models.UniqueConstraint(
+                fields=("district", "category", "code"),
+                name="descriptor_code_unique",
+                nulls_distinct=False,
+                violation_error_message="This code already exists in this list.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='descriptor',
-            constraint=models.CheckConstraint(condition=models.Q(('category__in', ['behavior_minor', 'behavior_major', 'harassment_type', 'weapon_type', 'firearm_type', 'location', 'motivation', 'others_involved', 'action', 'intervention_type'])), name='descriptor_category_valid', violation_error_message='Category must be one of: behavior_minor, behavior_major, harassment_type, weapon_type, firearm_type, location, motivation, others_involved, action, intervention_type.'),
+            model_name="descriptor",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "category__in",
+                        [
+                            "behavior_minor",
+                            "behavior_major",
+                            "harassment_type",
+                            "weapon_type",
+                            "firearm_type",
+                            "location",
+                            "motivation",
+                            "others_involved",
+                            "action",
+                            "intervention_type",
+                        ],
+                    )
+                ),
+                name="descriptor_category_valid",
+                violation_error_message="Category must be one of: behavior_minor, behavior_major, harassment_type, weapon_type, firearm_type, location, motivation, others_involved, action, intervention_type.",
+            ),
         ),
         migrations.AddIndex(
-            model_name='incident',
-            index=models.Index(fields=['school', 'occurred_on'], name='incident_school_date'),
+            model_name="incident",
+            index=models.Index(fields=["school", "occurred_on"], name="incident_school_date"),
         ),
         migrations.AddIndex(
-            model_name='incident',
-            index=models.Index(fields=['student', 'occurred_on'], name='incident_student_date'),
+            model_name="incident",
+            index=models.Index(fields=["student", "occurred_on"], name="incident_student_date"),
         ),
         migrations.AddConstraint(
-            model_name='incident',
-            constraint=models.CheckConstraint(condition=models.Q(('level__in', ['minor', 'major'])), name='incident_level_valid', violation_error_message='Level must be one of: minor, major.'),
+            model_name="incident",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("level__in", ["minor", "major"])),
+                name="incident_level_valid",
+                violation_error_message="Level must be one of: minor, major.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='incident',
-            constraint=models.CheckConstraint(condition=models.Q(('restraint_seclusion__in', ['none', 'mechanical', 'physical', 'seclusion'])), name='incident_restraint_valid', violation_error_message='Restraint seclusion must be one of: none, mechanical, physical, seclusion.'),
+            model_name="incident",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("restraint_seclusion__in", ["none", "mechanical", "physical", "seclusion"])
+                ),
+                name="incident_restraint_valid",
+                violation_error_message="Restraint seclusion must be one of: none, mechanical, physical, seclusion.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='incident',
-            constraint=models.CheckConstraint(condition=models.Q(('idea_removal__in', ['none', 'school_personnel', 'hearing_officer'])), name='incident_idea_removal_valid', violation_error_message='Idea removal must be one of: none, school_personnel, hearing_officer.'),
+            model_name="incident",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("idea_removal__in", ["none", "school_personnel", "hearing_officer"])
+                ),
+                name="incident_idea_removal_valid",
+                violation_error_message="Idea removal must be one of: none, school_personnel, hearing_officer.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='incident',
-            constraint=models.CheckConstraint(condition=models.Q(('school_related_arrest', False), ('law_enforcement_referral', True), _connector='OR'), name='incident_arrest_implies_referral', violation_error_message='A school-related arrest is also a referral to law enforcement.'),
+            model_name="incident",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("school_related_arrest", False),
+                    ("law_enforcement_referral", True),
+                    _connector="OR",
+                ),
+                name="incident_arrest_implies_referral",
+                violation_error_message="A school-related arrest is also a referral to law enforcement.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='incidentaction',
-            constraint=models.CheckConstraint(condition=models.Q(('duration_days__gte', 0)), name='incident_action_duration_not_negative', violation_error_message='Duration cannot be negative.'),
+            model_name="incidentaction",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("duration_days__gte", 0)),
+                name="incident_action_duration_not_negative",
+                violation_error_message="Duration cannot be negative.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='incidentaction',
-            constraint=models.CheckConstraint(condition=models.Q(('end_date__isnull', True), ('end_date__gte', models.F('start_date')), _connector='OR'), name='incident_action_end_after_start', violation_error_message='End date cannot be before start date.'),
+            model_name="incidentaction",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("end_date__isnull", True),
+                    ("end_date__gte", models.F("start_date")),
+                    _connector="OR",
+                ),
+                name="incident_action_end_after_start",
+                violation_error_message="End date cannot be before start date.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='incidentparticipant',
-            constraint=models.UniqueConstraint(fields=('incident', 'student'), name='incident_participant_unique', violation_error_message='This student is already a participant.'),
+            model_name="incidentparticipant",
+            constraint=models.UniqueConstraint(
+                fields=("incident", "student"),
+                name="incident_participant_unique",
+                violation_error_message="This student is already a participant.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='incidentparticipant',
-            constraint=models.CheckConstraint(condition=models.Q(('role__in', ['victim', 'perpetrator', 'witness'])), name='incident_participant_role_valid', violation_error_message='Role must be one of: victim, perpetrator, witness.'),
+            model_name="incidentparticipant",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("role__in", ["victim", "perpetrator", "witness"])),
+                name="incident_participant_role_valid",
+                violation_error_message="Role must be one of: victim, perpetrator, witness.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='intervention',
-            constraint=models.CheckConstraint(condition=models.Q(('tier__gte', 1), ('tier__lte', 3)), name='intervention_tier_range', violation_error_message='Tier must be between 1 and 3.'),
+            model_name="intervention",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("tier__gte", 1), ("tier__lte", 3)),
+                name="intervention_tier_range",
+                violation_error_message="Tier must be between 1 and 3.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='intervention',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('fidelity_pct__gte', 0), ('fidelity_pct__lte', 100)), ('fidelity_pct__isnull', True), _connector='OR'), name='intervention_fidelity_range', violation_error_message='Fidelity pct must be between 0 and 100.'),
+            model_name="intervention",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("fidelity_pct__gte", 0), ("fidelity_pct__lte", 100)),
+                    ("fidelity_pct__isnull", True),
+                    _connector="OR",
+                ),
+                name="intervention_fidelity_range",
+                violation_error_message="Fidelity pct must be between 0 and 100.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='intervention',
-            constraint=models.CheckConstraint(condition=models.Q(('planned_end_date__isnull', True), ('planned_end_date__gte', models.F('start_date')), _connector='OR'), name='intervention_planned_end_after_start', violation_error_message='Planned end date cannot be before start date.'),
+            model_name="intervention",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("planned_end_date__isnull", True),
+                    ("planned_end_date__gte", models.F("start_date")),
+                    _connector="OR",
+                ),
+                name="intervention_planned_end_after_start",
+                violation_error_message="Planned end date cannot be before start date.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='intervention',
-            constraint=models.CheckConstraint(condition=models.Q(('end_date__isnull', True), ('end_date__gte', models.F('start_date')), _connector='OR'), name='intervention_end_after_start', violation_error_message='End date cannot be before start date.'),
+            model_name="intervention",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("end_date__isnull", True),
+                    ("end_date__gte", models.F("start_date")),
+                    _connector="OR",
+                ),
+                name="intervention_end_after_start",
+                violation_error_message="End date cannot be before start date.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='intervention',
-            constraint=models.CheckConstraint(condition=models.Q(('outcome__in', ['ongoing', 'met', 'partially_met', 'not_met', 'discontinued'])), name='intervention_outcome_valid', violation_error_message='Outcome must be one of: ongoing, met, partially_met, not_met, discontinued.'),
+            model_name="intervention",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("outcome__in", ["ongoing", "met", "partially_met", "not_met", "discontinued"])
+                ),
+                name="intervention_outcome_valid",
+                violation_error_message="Outcome must be one of: ongoing, met, partially_met, not_met, discontinued.",
+            ),
         ),
     ]

@@ -12,87 +12,198 @@ from bxos.common.db import CREATE_FUNCTIONS, DROP_FUNCTIONS
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("auth", "0012_alter_user_first_name_max_length"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='User',
+            name="User",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('password', models.CharField(max_length=128, verbose_name='password')),
-                ('last_login', models.DateTimeField(blank=True, null=True, verbose_name='last login')),
-                ('is_superuser', models.BooleanField(default=False, help_text='Designates that this user has all permissions without explicitly assigning them.', verbose_name='superuser status')),
-                ('username', models.CharField(error_messages={'unique': 'A user with that username already exists.'}, help_text='Required. 150 characters or fewer. Letters, digits and @/./+/-/_ only.', max_length=150, unique=True, validators=[django.contrib.auth.validators.UnicodeUsernameValidator()], verbose_name='username')),
-                ('first_name', models.CharField(blank=True, max_length=150, verbose_name='first name')),
-                ('last_name', models.CharField(blank=True, max_length=150, verbose_name='last name')),
-                ('email', models.EmailField(blank=True, max_length=254, verbose_name='email address')),
-                ('is_staff', models.BooleanField(default=False, help_text='Designates whether the user can log into this admin site.', verbose_name='staff status')),
-                ('is_active', models.BooleanField(default=True, help_text='Designates whether this user should be treated as active. Unselect this instead of deleting accounts.', verbose_name='active')),
-                ('date_joined', models.DateTimeField(default=django.utils.timezone.now, verbose_name='date joined')),
-                ('is_system_actor', models.BooleanField(default=False, help_text='A named non-human actor (jobs, commands) recorded in the audit log.')),
-                ('groups', models.ManyToManyField(blank=True, help_text='The groups this user belongs to. A user will get all permissions granted to each of their groups.', related_name='user_set', related_query_name='user', to='auth.group', verbose_name='groups')),
-                ('user_permissions', models.ManyToManyField(blank=True, help_text='Specific permissions for this user.', related_name='user_set', related_query_name='user', to='auth.permission', verbose_name='user permissions')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("password", models.CharField(max_length=128, verbose_name="password")),
+                (
+                    "last_login",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last login"),
+                ),
+                (
+                    "is_superuser",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Designates that this user has all permissions without explicitly assigning them.",
+                        verbose_name="superuser status",
+                    ),
+                ),
+                (
+                    "username",
+                    models.CharField(
+                        error_messages={"unique": "A user with that username already exists."},
+                        help_text="Required. 150 characters or fewer. Letters, digits and @/./+/-/_ only.",
+                        max_length=150,
+                        unique=True,
+                        validators=[django.contrib.auth.validators.UnicodeUsernameValidator()],
+                        verbose_name="username",
+                    ),
+                ),
+                (
+                    "first_name",
+                    models.CharField(blank=True, max_length=150, verbose_name="first name"),
+                ),
+                (
+                    "last_name",
+                    models.CharField(blank=True, max_length=150, verbose_name="last name"),
+                ),
+                (
+                    "email",
+                    models.EmailField(blank=True, max_length=254, verbose_name="email address"),
+                ),
+                (
+                    "is_staff",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Designates whether the user can log into this admin site.",
+                        verbose_name="staff status",
+                    ),
+                ),
+                (
+                    "is_active",
+                    models.BooleanField(
+                        default=True,
+                        help_text="Designates whether this user should be treated as active. Unselect this instead of deleting accounts.",
+                        verbose_name="active",
+                    ),
+                ),
+                (
+                    "date_joined",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="date joined"
+                    ),
+                ),
+                (
+                    "is_system_actor",
+                    models.BooleanField(
+                        default=False,
+                        help_text="A named non-human actor (jobs, commands) recorded in the audit log.",
+                    ),
+                ),
+                (
+                    "groups",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="The groups this user belongs to. A user will get all permissions granted to each of their groups.",
+                        related_name="user_set",
+                        related_query_name="user",
+                        to="auth.group",
+                        verbose_name="groups",
+                    ),
+                ),
+                (
+                    "user_permissions",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="Specific permissions for this user.",
+                        related_name="user_set",
+                        related_query_name="user",
+                        to="auth.permission",
+                        verbose_name="user permissions",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['username'],
+                "ordering": ["username"],
             },
             managers=[
-                ('objects', django.contrib.auth.models.UserManager()),
+                ("objects", django.contrib.auth.models.UserManager()),
             ],
         ),
         migrations.CreateModel(
-            name='AccessLogEntry',
+            name="AccessLogEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(auto_now_add=True)),
-                ('actor_label', models.CharField(help_text='Username at the time of access.', max_length=150)),
-                ('district_id', models.BigIntegerField(null=True)),
-                ('student_id', models.BigIntegerField(db_index=True, null=True)),
-                ('object_table', models.CharField(max_length=128)),
-                ('object_id', models.BigIntegerField()),
-                ('action', models.CharField(default='view', max_length=16)),
-                ('path', models.CharField(blank=True, max_length=512)),
-                ('actor', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "actor_label",
+                    models.CharField(help_text="Username at the time of access.", max_length=150),
+                ),
+                ("district_id", models.BigIntegerField(null=True)),
+                ("student_id", models.BigIntegerField(db_index=True, null=True)),
+                ("object_table", models.CharField(max_length=128)),
+                ("object_id", models.BigIntegerField()),
+                ("action", models.CharField(default="view", max_length=16)),
+                ("path", models.CharField(blank=True, max_length=512)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'access log entry',
-                'verbose_name_plural': 'access log',
-                'ordering': ['-at'],
+                "verbose_name": "access log entry",
+                "verbose_name_plural": "access log",
+                "ordering": ["-at"],
             },
         ),
         migrations.CreateModel(
-            name='Tombstone',
+            name="Tombstone",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('table_name', models.CharField(max_length=128)),
-                ('object_id', models.BigIntegerField()),
-                ('district_id', models.BigIntegerField(db_index=True)),
-                ('source_system', models.CharField(blank=True, max_length=64)),
-                ('source_id', models.CharField(blank=True, max_length=255)),
-                ('change_version', models.BigIntegerField()),
-                ('deleted_at', models.DateTimeField()),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("table_name", models.CharField(max_length=128)),
+                ("object_id", models.BigIntegerField()),
+                ("district_id", models.BigIntegerField(db_index=True)),
+                ("source_system", models.CharField(blank=True, max_length=64)),
+                ("source_id", models.CharField(blank=True, max_length=255)),
+                ("change_version", models.BigIntegerField()),
+                ("deleted_at", models.DateTimeField()),
             ],
             options={
-                'ordering': ['change_version'],
-                'indexes': [models.Index(fields=['table_name', 'change_version'], name='tombstone_table_cv_idx')],
+                "ordering": ["change_version"],
+                "indexes": [
+                    models.Index(
+                        fields=["table_name", "change_version"], name="tombstone_table_cv_idx"
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='user',
-            constraint=models.CheckConstraint(condition=models.Q(('is_active', True), ('is_system_actor', True), _negated=True), name='common_user_system_actor_inactive', violation_error_message='A system actor cannot be an active login.'),
+            model_name="user",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("is_active", True), ("is_system_actor", True), _negated=True),
+                name="common_user_system_actor_inactive",
+                violation_error_message="A system actor cannot be an active login.",
+            ),
         ),
         migrations.AddIndex(
-            model_name='accesslogentry',
-            index=django.contrib.postgres.indexes.BrinIndex(fields=['at'], name='accesslog_at_brin'),
+            model_name="accesslogentry",
+            index=django.contrib.postgres.indexes.BrinIndex(
+                fields=["at"], name="accesslog_at_brin"
+            ),
         ),
         migrations.AddIndex(
-            model_name='accesslogentry',
-            index=models.Index(fields=['district_id', 'student_id'], name='accesslog_district_student'),
+            model_name="accesslogentry",
+            index=models.Index(
+                fields=["district_id", "student_id"], name="accesslog_district_student"
+            ),
         ),
         # The change-version sequence and the trigger functions (see bxos/common/db.py).
         migrations.RunSQL(CREATE_FUNCTIONS, DROP_FUNCTIONS),

@@ -10,11 +10,10 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("auth", "0012_alter_user_first_name_max_length"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -22,527 +21,1823 @@ class Migration(migrations.Migration):
         # Needed by the exclusion constraint that forbids overlapping demographic ranges.
         BtreeGistExtension(),
         migrations.CreateModel(
-            name='District',
+            name="District",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('code', models.SlugField(help_text="Short code, e.g. 'lincoln'.", max_length=32, unique=True)),
-                ('state_code', models.CharField(help_text="Two-letter state, e.g. 'OR'.", max_length=2)),
-                ('nces_id', models.CharField(blank=True, max_length=7, verbose_name='NCES LEA id')),
-                ('time_zone', models.CharField(default='America/Chicago', max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "code",
+                    models.SlugField(
+                        help_text="Short code, e.g. 'lincoln'.", max_length=32, unique=True
+                    ),
+                ),
+                (
+                    "state_code",
+                    models.CharField(help_text="Two-letter state, e.g. 'OR'.", max_length=2),
+                ),
+                ("nces_id", models.CharField(blank=True, max_length=7, verbose_name="NCES LEA id")),
+                ("time_zone", models.CharField(default="America/Chicago", max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('state_code__regex', '^[A-Z]{2}$')), name='district_state_code_format', violation_error_message='State code must be two capital letters, e.g. OR.'), models.CheckConstraint(condition=models.Q(('nces_id', ''), ('nces_id__regex', '^[0-9]{7}$'), _connector='OR'), name='district_nces_id_format', violation_error_message='An NCES LEA id is seven digits.')],
+                "ordering": ["name"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("state_code__regex", "^[A-Z]{2}$")),
+                        name="district_state_code_format",
+                        violation_error_message="State code must be two capital letters, e.g. OR.",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("nces_id", ""), ("nces_id__regex", "^[0-9]{7}$"), _connector="OR"
+                        ),
+                        name="district_nces_id_format",
+                        violation_error_message="An NCES LEA id is seven digits.",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='AcademicSession',
+            name="AcademicSession",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('name', models.CharField(max_length=100)),
-                ('session_type', models.CharField(choices=[('schoolYear', 'School year'), ('semester', 'Semester'), ('term', 'Term'), ('gradingPeriod', 'Grading period')], max_length=16)),
-                ('school_year', models.PositiveSmallIntegerField(help_text='The year the school year ends in, e.g. 2027 for 2026-27.')),
-                ('start_date', models.DateField()),
-                ('end_date', models.DateField()),
-                ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='children', to='schools.academicsession')),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "session_type",
+                    models.CharField(
+                        choices=[
+                            ("schoolYear", "School year"),
+                            ("semester", "Semester"),
+                            ("term", "Term"),
+                            ("gradingPeriod", "Grading period"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "school_year",
+                    models.PositiveSmallIntegerField(
+                        help_text="The year the school year ends in, e.g. 2027 for 2026-27."
+                    ),
+                ),
+                ("start_date", models.DateField()),
+                ("end_date", models.DateField()),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="children",
+                        to="schools.academicsession",
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['start_date', 'session_type', 'name'],
+                "ordering": ["start_date", "session_type", "name"],
             },
         ),
         migrations.CreateModel(
-            name='Guardian',
+            name="Guardian",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('first_name', models.CharField(max_length=100)),
-                ('last_name', models.CharField(max_length=100)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('phone', models.CharField(blank=True, max_length=32)),
-                ('preferred_language', models.CharField(default='en', help_text='BCP 47 tag.', max_length=35)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('user', models.OneToOneField(blank=True, help_text='Portal login, when the guardian has one.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='guardian', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("first_name", models.CharField(max_length=100)),
+                ("last_name", models.CharField(max_length=100)),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                ("phone", models.CharField(blank=True, max_length=32)),
+                (
+                    "preferred_language",
+                    models.CharField(default="en", help_text="BCP 47 tag.", max_length=35),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        blank=True,
+                        help_text="Portal login, when the guardian has one.",
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="guardian",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['last_name', 'first_name', 'id'],
+                "ordering": ["last_name", "first_name", "id"],
             },
         ),
         migrations.CreateModel(
-            name='School',
+            name="School",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('name', models.CharField(max_length=200)),
-                ('code', models.CharField(help_text='Local school code, unique in the district.', max_length=32)),
-                ('school_type', models.CharField(choices=[('elementary', 'Elementary'), ('middle', 'Middle'), ('high', 'High'), ('other', 'Other')], max_length=16)),
-                ('grade_low', models.CharField(choices=[('PK', 'Pre-kindergarten'), ('KG', 'Kindergarten'), ('01', 'Grade 1'), ('02', 'Grade 2'), ('03', 'Grade 3'), ('04', 'Grade 4'), ('05', 'Grade 5'), ('06', 'Grade 6'), ('07', 'Grade 7'), ('08', 'Grade 8'), ('09', 'Grade 9'), ('10', 'Grade 10'), ('11', 'Grade 11'), ('12', 'Grade 12')], max_length=2)),
-                ('grade_high', models.CharField(choices=[('PK', 'Pre-kindergarten'), ('KG', 'Kindergarten'), ('01', 'Grade 1'), ('02', 'Grade 2'), ('03', 'Grade 3'), ('04', 'Grade 4'), ('05', 'Grade 5'), ('06', 'Grade 6'), ('07', 'Grade 7'), ('08', 'Grade 8'), ('09', 'Grade 9'), ('10', 'Grade 10'), ('11', 'Grade 11'), ('12', 'Grade 12')], max_length=2)),
-                ('nces_id', models.CharField(blank=True, max_length=12, verbose_name='NCES school id')),
-                ('time_zone', models.CharField(default='America/Chicago', max_length=64)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "code",
+                    models.CharField(
+                        help_text="Local school code, unique in the district.", max_length=32
+                    ),
+                ),
+                (
+                    "school_type",
+                    models.CharField(
+                        choices=[
+                            ("elementary", "Elementary"),
+                            ("middle", "Middle"),
+                            ("high", "High"),
+                            ("other", "Other"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "grade_low",
+                    models.CharField(
+                        choices=[
+                            ("PK", "Pre-kindergarten"),
+                            ("KG", "Kindergarten"),
+                            ("01", "Grade 1"),
+                            ("02", "Grade 2"),
+                            ("03", "Grade 3"),
+                            ("04", "Grade 4"),
+                            ("05", "Grade 5"),
+                            ("06", "Grade 6"),
+                            ("07", "Grade 7"),
+                            ("08", "Grade 8"),
+                            ("09", "Grade 9"),
+                            ("10", "Grade 10"),
+                            ("11", "Grade 11"),
+                            ("12", "Grade 12"),
+                        ],
+                        max_length=2,
+                    ),
+                ),
+                (
+                    "grade_high",
+                    models.CharField(
+                        choices=[
+                            ("PK", "Pre-kindergarten"),
+                            ("KG", "Kindergarten"),
+                            ("01", "Grade 1"),
+                            ("02", "Grade 2"),
+                            ("03", "Grade 3"),
+                            ("04", "Grade 4"),
+                            ("05", "Grade 5"),
+                            ("06", "Grade 6"),
+                            ("07", "Grade 7"),
+                            ("08", "Grade 8"),
+                            ("09", "Grade 9"),
+                            ("10", "Grade 10"),
+                            ("11", "Grade 11"),
+                            ("12", "Grade 12"),
+                        ],
+                        max_length=2,
+                    ),
+                ),
+                (
+                    "nces_id",
+                    models.CharField(blank=True, max_length=12, verbose_name="NCES school id"),
+                ),
+                ("time_zone", models.CharField(default="America/Chicago", max_length=64)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
-                'permissions': [('access_school', "Work with this school's student records")],
+                "ordering": ["name"],
+                "permissions": [("access_school", "Work with this school's student records")],
             },
         ),
         migrations.CreateModel(
-            name='SchoolUserObjectPermission',
+            name="SchoolUserObjectPermission",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('content_object', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='schools.school')),
-                ('permission', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='auth.permission')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "content_object",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="schools.school"
+                    ),
+                ),
+                (
+                    "permission",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="auth.permission"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'abstract': False,
+                "ordering": ["id"],
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='Section',
+            name="Section",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('course_code', models.CharField(max_length=32)),
-                ('course_title', models.CharField(max_length=200)),
-                ('section_code', models.CharField(max_length=32)),
-                ('period', models.CharField(blank=True, max_length=16)),
-                ('room', models.CharField(blank=True, max_length=32)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('school', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sections', to='schools.school')),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sections', to='schools.academicsession')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("course_code", models.CharField(max_length=32)),
+                ("course_title", models.CharField(max_length=200)),
+                ("section_code", models.CharField(max_length=32)),
+                ("period", models.CharField(blank=True, max_length=16)),
+                ("room", models.CharField(blank=True, max_length=32)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "school",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sections",
+                        to="schools.school",
+                    ),
+                ),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sections",
+                        to="schools.academicsession",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['school', 'course_code', 'section_code'],
-                'permissions': [('access_section', 'Teaches or supports this section')],
+                "ordering": ["school", "course_code", "section_code"],
+                "permissions": [("access_section", "Teaches or supports this section")],
             },
         ),
         migrations.CreateModel(
-            name='SectionUserObjectPermission',
+            name="SectionUserObjectPermission",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('content_object', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='schools.section')),
-                ('permission', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='auth.permission')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "content_object",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="schools.section"
+                    ),
+                ),
+                (
+                    "permission",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="auth.permission"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'abstract': False,
+                "ordering": ["id"],
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='Staff',
+            name="Staff",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('staff_number', models.CharField(max_length=32)),
-                ('first_name', models.CharField(max_length=100)),
-                ('last_name', models.CharField(max_length=100)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('position', models.CharField(choices=[('district_admin', 'District administrator'), ('principal', 'Principal'), ('assistant_principal', 'Assistant principal'), ('counselor', 'Counselor'), ('teacher', 'Teacher'), ('support', 'Support staff')], max_length=24)),
-                ('is_active', models.BooleanField(default=True)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('schools', models.ManyToManyField(blank=True, related_name='staff', to='schools.school')),
-                ('user', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='staff', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("staff_number", models.CharField(max_length=32)),
+                ("first_name", models.CharField(max_length=100)),
+                ("last_name", models.CharField(max_length=100)),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                (
+                    "position",
+                    models.CharField(
+                        choices=[
+                            ("district_admin", "District administrator"),
+                            ("principal", "Principal"),
+                            ("assistant_principal", "Assistant principal"),
+                            ("counselor", "Counselor"),
+                            ("teacher", "Teacher"),
+                            ("support", "Support staff"),
+                        ],
+                        max_length=24,
+                    ),
+                ),
+                ("is_active", models.BooleanField(default=True)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "schools",
+                    models.ManyToManyField(blank=True, related_name="staff", to="schools.school"),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="staff",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'staff',
-                'ordering': ['last_name', 'first_name', 'id'],
+                "verbose_name_plural": "staff",
+                "ordering": ["last_name", "first_name", "id"],
             },
         ),
         migrations.AddField(
-            model_name='section',
-            name='teacher',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='sections', to='schools.staff'),
+            model_name="section",
+            name="teacher",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="sections",
+                to="schools.staff",
+            ),
         ),
         migrations.CreateModel(
-            name='Student',
+            name="Student",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('student_number', models.CharField(help_text='Local student id.', max_length=32)),
-                ('state_id', models.CharField(blank=True, max_length=32, verbose_name='state student id')),
-                ('first_name', models.CharField(max_length=100)),
-                ('middle_name', models.CharField(blank=True, max_length=100)),
-                ('last_name', models.CharField(max_length=100)),
-                ('preferred_name', models.CharField(blank=True, max_length=100)),
-                ('birth_date', models.DateField()),
-                ('grade_level', models.CharField(choices=[('PK', 'Pre-kindergarten'), ('KG', 'Kindergarten'), ('01', 'Grade 1'), ('02', 'Grade 2'), ('03', 'Grade 3'), ('04', 'Grade 4'), ('05', 'Grade 5'), ('06', 'Grade 6'), ('07', 'Grade 7'), ('08', 'Grade 8'), ('09', 'Grade 9'), ('10', 'Grade 10'), ('11', 'Grade 11'), ('12', 'Grade 12')], max_length=2)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('is_active', models.BooleanField(default=True)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("student_number", models.CharField(help_text="Local student id.", max_length=32)),
+                (
+                    "state_id",
+                    models.CharField(blank=True, max_length=32, verbose_name="state student id"),
+                ),
+                ("first_name", models.CharField(max_length=100)),
+                ("middle_name", models.CharField(blank=True, max_length=100)),
+                ("last_name", models.CharField(max_length=100)),
+                ("preferred_name", models.CharField(blank=True, max_length=100)),
+                ("birth_date", models.DateField()),
+                (
+                    "grade_level",
+                    models.CharField(
+                        choices=[
+                            ("PK", "Pre-kindergarten"),
+                            ("KG", "Kindergarten"),
+                            ("01", "Grade 1"),
+                            ("02", "Grade 2"),
+                            ("03", "Grade 3"),
+                            ("04", "Grade 4"),
+                            ("05", "Grade 5"),
+                            ("06", "Grade 6"),
+                            ("07", "Grade 7"),
+                            ("08", "Grade 8"),
+                            ("09", "Grade 9"),
+                            ("10", "Grade 10"),
+                            ("11", "Grade 11"),
+                            ("12", "Grade 12"),
+                        ],
+                        max_length=2,
+                    ),
+                ),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                ("is_active", models.BooleanField(default=True)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['last_name', 'first_name', 'id'],
-                'permissions': [('access_student', 'Has this student on their caseload')],
+                "ordering": ["last_name", "first_name", "id"],
+                "permissions": [("access_student", "Has this student on their caseload")],
             },
         ),
         migrations.CreateModel(
-            name='SectionEnrollment',
+            name="SectionEnrollment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('begin_date', models.DateField()),
-                ('end_date', models.DateField(blank=True, null=True)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('section', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='enrollments', to='schools.section')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='section_enrollments', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("begin_date", models.DateField()),
+                ("end_date", models.DateField(blank=True, null=True)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "section",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="enrollments",
+                        to="schools.section",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="section_enrollments",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['section', 'student'],
+                "ordering": ["section", "student"],
             },
         ),
         migrations.CreateModel(
-            name='PeriodAttendance',
+            name="PeriodAttendance",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('date', models.DateField()),
-                ('status', models.CharField(choices=[('present', 'Present'), ('excused', 'Excused absence'), ('unexcused', 'Unexcused absence'), ('tardy', 'Tardy'), ('early_departure', 'Early departure')], max_length=16)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('section', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attendance', to='schools.section')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='period_attendance', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("date", models.DateField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("present", "Present"),
+                            ("excused", "Excused absence"),
+                            ("unexcused", "Unexcused absence"),
+                            ("tardy", "Tardy"),
+                            ("early_departure", "Early departure"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "section",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attendance",
+                        to="schools.section",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="period_attendance",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'period attendance',
-                'ordering': ['-date', 'section', 'student'],
+                "verbose_name_plural": "period attendance",
+                "ordering": ["-date", "section", "student"],
             },
         ),
         migrations.CreateModel(
-            name='Grade',
+            name="Grade",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('letter_grade', models.CharField(blank=True, max_length=4)),
-                ('numeric_grade', models.DecimalField(blank=True, decimal_places=2, max_digits=5, null=True)),
-                ('comment', models.CharField(blank=True, max_length=500)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('grading_period', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='grades', to='schools.academicsession')),
-                ('section', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='grades', to='schools.section')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='grades', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("letter_grade", models.CharField(blank=True, max_length=4)),
+                (
+                    "numeric_grade",
+                    models.DecimalField(blank=True, decimal_places=2, max_digits=5, null=True),
+                ),
+                ("comment", models.CharField(blank=True, max_length=500)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "grading_period",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="grades",
+                        to="schools.academicsession",
+                    ),
+                ),
+                (
+                    "section",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="grades",
+                        to="schools.section",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="grades",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['student', 'section', 'grading_period'],
+                "ordering": ["student", "section", "grading_period"],
             },
         ),
         migrations.CreateModel(
-            name='Enrollment',
+            name="Enrollment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('grade_level', models.CharField(choices=[('PK', 'Pre-kindergarten'), ('KG', 'Kindergarten'), ('01', 'Grade 1'), ('02', 'Grade 2'), ('03', 'Grade 3'), ('04', 'Grade 4'), ('05', 'Grade 5'), ('06', 'Grade 6'), ('07', 'Grade 7'), ('08', 'Grade 8'), ('09', 'Grade 9'), ('10', 'Grade 10'), ('11', 'Grade 11'), ('12', 'Grade 12')], max_length=2)),
-                ('entry_date', models.DateField()),
-                ('exit_date', models.DateField(blank=True, null=True)),
-                ('exit_reason', models.CharField(blank=True, choices=[('transfer', 'Transferred'), ('graduated', 'Graduated'), ('promoted', 'Promoted to next school'), ('dropped_out', 'Dropped out'), ('other', 'Other')], max_length=16)),
-                ('is_primary', models.BooleanField(default=True)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('school_year', models.ForeignKey(limit_choices_to={'session_type': 'schoolYear'}, on_delete=django.db.models.deletion.PROTECT, related_name='enrollments', to='schools.academicsession')),
-                ('school', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='enrollments', to='schools.school')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='enrollments', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "grade_level",
+                    models.CharField(
+                        choices=[
+                            ("PK", "Pre-kindergarten"),
+                            ("KG", "Kindergarten"),
+                            ("01", "Grade 1"),
+                            ("02", "Grade 2"),
+                            ("03", "Grade 3"),
+                            ("04", "Grade 4"),
+                            ("05", "Grade 5"),
+                            ("06", "Grade 6"),
+                            ("07", "Grade 7"),
+                            ("08", "Grade 8"),
+                            ("09", "Grade 9"),
+                            ("10", "Grade 10"),
+                            ("11", "Grade 11"),
+                            ("12", "Grade 12"),
+                        ],
+                        max_length=2,
+                    ),
+                ),
+                ("entry_date", models.DateField()),
+                ("exit_date", models.DateField(blank=True, null=True)),
+                (
+                    "exit_reason",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("transfer", "Transferred"),
+                            ("graduated", "Graduated"),
+                            ("promoted", "Promoted to next school"),
+                            ("dropped_out", "Dropped out"),
+                            ("other", "Other"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("is_primary", models.BooleanField(default=True)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "school_year",
+                    models.ForeignKey(
+                        limit_choices_to={"session_type": "schoolYear"},
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="enrollments",
+                        to="schools.academicsession",
+                    ),
+                ),
+                (
+                    "school",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="enrollments",
+                        to="schools.school",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="enrollments",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-entry_date', 'id'],
+                "ordering": ["-entry_date", "id"],
             },
         ),
         migrations.CreateModel(
-            name='DailyAttendance',
+            name="DailyAttendance",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('date', models.DateField()),
-                ('status', models.CharField(choices=[('present', 'Present'), ('excused', 'Excused absence'), ('unexcused', 'Unexcused absence'), ('tardy', 'Tardy'), ('early_departure', 'Early departure')], max_length=16)),
-                ('minutes_absent', models.PositiveSmallIntegerField(default=0)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('school', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='daily_attendance', to='schools.school')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='daily_attendance', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("date", models.DateField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("present", "Present"),
+                            ("excused", "Excused absence"),
+                            ("unexcused", "Unexcused absence"),
+                            ("tardy", "Tardy"),
+                            ("early_departure", "Early departure"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("minutes_absent", models.PositiveSmallIntegerField(default=0)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "school",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="daily_attendance",
+                        to="schools.school",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="daily_attendance",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'daily attendance',
-                'ordering': ['-date', 'student'],
+                "verbose_name_plural": "daily attendance",
+                "ordering": ["-date", "student"],
             },
         ),
         migrations.CreateModel(
-            name='StudentDemographic',
+            name="StudentDemographic",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('valid_from', models.DateField()),
-                ('valid_to', models.DateField(blank=True, help_text='Exclusive; empty means current.', null=True)),
-                ('race_ethnicity', models.CharField(choices=[('HI7', 'Hispanic/Latino of any race'), ('AM7', 'American Indian or Alaska Native'), ('AS7', 'Asian'), ('BL7', 'Black or African American'), ('PI7', 'Native Hawaiian or Other Pacific Islander'), ('WH7', 'White'), ('MU7', 'Two or more races')], max_length=3)),
-                ('sex', models.CharField(choices=[('F', 'Female'), ('M', 'Male'), ('X', 'Non-binary')], max_length=1)),
-                ('idea_disability', models.BooleanField(default=False, verbose_name='IDEA disability')),
-                ('section_504', models.BooleanField(default=False, verbose_name='Section 504')),
-                ('english_learner', models.BooleanField(default=False)),
-                ('economically_disadvantaged', models.BooleanField(default=False)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='demographics', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                ("valid_from", models.DateField()),
+                (
+                    "valid_to",
+                    models.DateField(
+                        blank=True, help_text="Exclusive; empty means current.", null=True
+                    ),
+                ),
+                (
+                    "race_ethnicity",
+                    models.CharField(
+                        choices=[
+                            ("HI7", "Hispanic/Latino of any race"),
+                            ("AM7", "American Indian or Alaska Native"),
+                            ("AS7", "Asian"),
+                            ("BL7", "Black or African American"),
+                            ("PI7", "Native Hawaiian or Other Pacific Islander"),
+                            ("WH7", "White"),
+                            ("MU7", "Two or more races"),
+                        ],
+                        max_length=3,
+                    ),
+                ),
+                (
+                    "sex",
+                    models.CharField(
+                        choices=[("F", "Female"), ("M", "Male"), ("X", "Non-binary")], max_length=1
+                    ),
+                ),
+                (
+                    "idea_disability",
+                    models.BooleanField(default=False, verbose_name="IDEA disability"),
+                ),
+                ("section_504", models.BooleanField(default=False, verbose_name="Section 504")),
+                ("english_learner", models.BooleanField(default=False)),
+                ("economically_disadvantaged", models.BooleanField(default=False)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="demographics",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['student', '-valid_from'],
+                "ordering": ["student", "-valid_from"],
             },
         ),
         migrations.CreateModel(
-            name='StudentGuardian',
+            name="StudentGuardian",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('change_version', bxos.common.models.ChangeVersionField(db_index=True, default=0, editable=False, help_text='Global change version, stamped by the database.')),
-                ('source_system', models.CharField(blank=True, help_text='System this row was synced or imported from.', max_length=64)),
-                ('source_id', models.CharField(blank=True, help_text='Identifier of this row in its source system.', max_length=255)),
-                ('last_run_id', models.BigIntegerField(blank=True, editable=False, help_text='Sync or import run that last wrote it.', null=True)),
-                ('relationship', models.CharField(choices=[('mother', 'Mother'), ('father', 'Father'), ('guardian', 'Legal guardian'), ('grandparent', 'Grandparent'), ('foster', 'Foster parent'), ('other', 'Other')], max_length=16)),
-                ('is_primary_contact', models.BooleanField(default=False)),
-                ('lives_with', models.BooleanField(default=True)),
-                ('has_custody', models.BooleanField(default=True)),
-                ('receives_notifications', models.BooleanField(default=True)),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='schools.district')),
-                ('guardian', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='student_links', to='schools.guardian')),
-                ('student', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='guardian_links', to='schools.student')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "change_version",
+                    bxos.common.models.ChangeVersionField(
+                        db_index=True,
+                        default=0,
+                        editable=False,
+                        help_text="Global change version, stamped by the database.",
+                    ),
+                ),
+                (
+                    "source_system",
+                    models.CharField(
+                        blank=True,
+                        help_text="System this row was synced or imported from.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "source_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Identifier of this row in its source system.",
+                        max_length=255,
+                    ),
+                ),
+                (
+                    "last_run_id",
+                    models.BigIntegerField(
+                        blank=True,
+                        editable=False,
+                        help_text="Sync or import run that last wrote it.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "relationship",
+                    models.CharField(
+                        choices=[
+                            ("mother", "Mother"),
+                            ("father", "Father"),
+                            ("guardian", "Legal guardian"),
+                            ("grandparent", "Grandparent"),
+                            ("foster", "Foster parent"),
+                            ("other", "Other"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("is_primary_contact", models.BooleanField(default=False)),
+                ("lives_with", models.BooleanField(default=True)),
+                ("has_custody", models.BooleanField(default=True)),
+                ("receives_notifications", models.BooleanField(default=True)),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
+                (
+                    "guardian",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="student_links",
+                        to="schools.guardian",
+                    ),
+                ),
+                (
+                    "student",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="guardian_links",
+                        to="schools.student",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'student-guardian link',
-                'ordering': ['student', '-is_primary_contact', 'guardian'],
+                "verbose_name": "student-guardian link",
+                "ordering": ["student", "-is_primary_contact", "guardian"],
             },
         ),
         migrations.AddField(
-            model_name='guardian',
-            name='students',
-            field=models.ManyToManyField(related_name='guardians', through='schools.StudentGuardian', to='schools.student'),
+            model_name="guardian",
+            name="students",
+            field=models.ManyToManyField(
+                related_name="guardians", through="schools.StudentGuardian", to="schools.student"
+            ),
         ),
         migrations.CreateModel(
-            name='StudentUserObjectPermission',
+            name="StudentUserObjectPermission",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('content_object', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='schools.student')),
-                ('permission', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='auth.permission')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "content_object",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="schools.student"
+                    ),
+                ),
+                (
+                    "permission",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="auth.permission"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'abstract': False,
+                "ordering": ["id"],
+                "abstract": False,
             },
         ),
         migrations.AddConstraint(
-            model_name='academicsession',
-            constraint=models.CheckConstraint(condition=models.Q(('session_type__in', ['schoolYear', 'semester', 'term', 'gradingPeriod'])), name='session_type_valid', violation_error_message='Session type must be one of: schoolYear, semester, term, gradingPeriod.'),
+            model_name="academicsession",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("session_type__in", ["schoolYear", "semester", "term", "gradingPeriod"])
+                ),
+                name="session_type_valid",
+                violation_error_message="Session type must be one of: schoolYear, semester, term, gradingPeriod.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='academicsession',
-            constraint=models.CheckConstraint(condition=models.Q(('end_date__isnull', True), ('end_date__gte', models.F('start_date')), _connector='OR'), name='session_end_after_start', violation_error_message='End date cannot be before start date.'),
+            model_name="academicsession",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("end_date__isnull", True),
+                    ("end_date__gte", models.F("start_date")),
+                    _connector="OR",
+                ),
+                name="session_end_after_start",
+                violation_error_message="End date cannot be before start date.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='academicsession',
-            constraint=models.UniqueConstraint(fields=('district', 'session_type', 'name', 'school_year'), name='session_unique_name', violation_error_message='This district already has a session with this name, type and school year.'),
+            model_name="academicsession",
+            constraint=models.UniqueConstraint(
+                fields=("district", "session_type", "name", "school_year"),
+                name="session_unique_name",
+                violation_error_message="This district already has a session with this name, type and school year.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='school',
-            constraint=models.UniqueConstraint(fields=('district', 'code'), name='school_code_unique_in_district', violation_error_message='Another school in this district has this code.'),
+            model_name="school",
+            constraint=models.UniqueConstraint(
+                fields=("district", "code"),
+                name="school_code_unique_in_district",
+                violation_error_message="Another school in this district has this code.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='school',
-            constraint=models.CheckConstraint(condition=models.Q(('school_type__in', ['elementary', 'middle', 'high', 'other'])), name='school_type_valid', violation_error_message='School type must be one of: elementary, middle, high, other.'),
+            model_name="school",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("school_type__in", ["elementary", "middle", "high", "other"])),
+                name="school_type_valid",
+                violation_error_message="School type must be one of: elementary, middle, high, other.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='school',
-            constraint=models.CheckConstraint(condition=models.Q(('grade_low__in', ['PK', 'KG', '01', '02', '03', '04', '05', '06', '07', '08', '09', '10', '11', '12'])), name='school_grade_low_valid', violation_error_message='Grade low must be one of: PK, KG, 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12.'),
+            model_name="school",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "grade_low__in",
+                        [
+                            "PK",
+                            "KG",
+                            "01",
+                            "02",
+                            "03",
+                            "04",
+                            "05",
+                            "06",
+                            "07",
+                            "08",
+                            "09",
+                            "10",
+                            "11",
+                            "12",
+                        ],
+                    )
+                ),
+                name="school_grade_low_valid",
+                violation_error_message="Grade low must be one of: PK, KG, 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='school',
-            constraint=models.CheckConstraint(condition=models.Q(('grade_high__in', ['PK', 'KG', '01', '02', '03', '04', '05', '06', '07', '08', '09', '10', '11', '12'])), name='school_grade_high_valid', violation_error_message='Grade high must be one of: PK, KG, 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12.'),
+            model_name="school",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "grade_high__in",
+                        [
+                            "PK",
+                            "KG",
+                            "01",
+                            "02",
+                            "03",
+                            "04",
+                            "05",
+                            "06",
+                            "07",
+                            "08",
+                            "09",
+                            "10",
+                            "11",
+                            "12",
+                        ],
+                    )
+                ),
+                name="school_grade_high_valid",
+                violation_error_message="Grade high must be one of: PK, KG, 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12.",
+            ),
         ),
         migrations.AlterUniqueTogether(
-            name='schooluserobjectpermission',
-            unique_together={('user', 'permission', 'content_object')},
+            name="schooluserobjectpermission",
+            unique_together={("user", "permission", "content_object")},
         ),
         migrations.AlterUniqueTogether(
-            name='sectionuserobjectpermission',
-            unique_together={('user', 'permission', 'content_object')},
+            name="sectionuserobjectpermission",
+            unique_together={("user", "permission", "content_object")},
         ),
         migrations.AddConstraint(
-            model_name='staff',
-            constraint=models.UniqueConstraint(fields=('district', 'staff_number'), name='staff_number_unique_in_district', violation_error_message='Another staff member in this district has this number.'),
+            model_name="staff",
+            constraint=models.UniqueConstraint(
+                fields=("district", "staff_number"),
+                name="staff_number_unique_in_district",
+                violation_error_message="Another staff member in this district has this number.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='staff',
-            constraint=models.CheckConstraint(condition=models.Q(('position__in', ['district_admin', 'principal', 'assistant_principal', 'counselor', 'teacher', 'support'])), name='staff_position_valid', violation_error_message='Position must be one of: district_admin, principal, assistant_principal, counselor, teacher, support.'),
+            model_name="staff",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "position__in",
+                        [
+                            "district_admin",
+                            "principal",
+                            "assistant_principal",
+                            "counselor",
+                            "teacher",
+                            "support",
+                        ],
+                    )
+                ),
+                name="staff_position_valid",
+                violation_error_message="Position must be one of: district_admin, principal, assistant_principal, counselor, teacher, support.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='section',
-            constraint=models.UniqueConstraint(fields=('school', 'session', 'section_code'), name='section_code_unique', violation_error_message='This school already has a section with this code in this session.'),
+            model_name="section",
+            constraint=models.UniqueConstraint(
+                fields=("school", "session", "section_code"),
+                name="section_code_unique",
+                violation_error_message="This school already has a section with this code in this session.",
+            ),
         ),
         migrations.AddIndex(
-            model_name='student',
-            index=models.Index(fields=['district', 'last_name', 'first_name'], name='student_name_idx'),
+            model_name="student",
+            index=models.Index(
+                fields=["district", "last_name", "first_name"], name="student_name_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='student',
-            constraint=models.UniqueConstraint(fields=('district', 'student_number'), name='student_number_unique_in_district', violation_error_message='Another student in this district has this student number.'),
+            model_name="student",
+            constraint=models.UniqueConstraint(
+                fields=("district", "student_number"),
+                name="student_number_unique_in_district",
+                violation_error_message="Another student in this district has this student number.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='student',
-            constraint=models.UniqueConstraint(condition=models.Q(('state_id', ''), _negated=True), fields=('district', 'state_id'), name='student_state_id_unique_in_district', violation_error_message='Another student in this district has this state id.'),
+            model_name="student",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("state_id", ""), _negated=True),
+                fields=("district", "state_id"),
+                name="student_state_id_unique_in_district",
+                violation_error_message="Another student in this district has this state id.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='student',
-            constraint=models.CheckConstraint(condition=models.Q(('grade_level__in', ['PK', 'KG', '01', '02', '03', '04', '05', '06', '07', '08', '09', '10', '11', '12'])), name='student_grade_level_valid', violation_error_message='Grade level must be one of: PK, KG, 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12.'),
+            model_name="student",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "grade_level__in",
+                        [
+                            "PK",
+                            "KG",
+                            "01",
+                            "02",
+                            "03",
+                            "04",
+                            "05",
+                            "06",
+                            "07",
+                            "08",
+                            "09",
+                            "10",
+                            "11",
+                            "12",
+                        ],
+                    )
+                ),
+                name="student_grade_level_valid",
+                violation_error_message="Grade level must be one of: PK, KG, 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='student',
-            constraint=models.CheckConstraint(condition=models.Q(('birth_date__gte', '1900-01-01')), name='student_birth_date_plausible', violation_error_message='Birth date is not plausible.'),
+            model_name="student",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("birth_date__gte", "1900-01-01")),
+                name="student_birth_date_plausible",
+                violation_error_message="Birth date is not plausible.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sectionenrollment',
-            constraint=models.CheckConstraint(condition=models.Q(('end_date__isnull', True), ('end_date__gte', models.F('begin_date')), _connector='OR'), name='section_enrollment_end_after_begin', violation_error_message='End date cannot be before begin date.'),
+            model_name="sectionenrollment",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("end_date__isnull", True),
+                    ("end_date__gte", models.F("begin_date")),
+                    _connector="OR",
+                ),
+                name="section_enrollment_end_after_begin",
+                violation_error_message="End date cannot be before begin date.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sectionenrollment',
-            constraint=models.UniqueConstraint(condition=models.Q(('end_date__isnull', True)), fields=('section', 'student'), name='section_enrollment_one_open', violation_error_message='This student is already enrolled in this section.'),
+            model_name="sectionenrollment",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("end_date__isnull", True)),
+                fields=("section", "student"),
+                name="section_enrollment_one_open",
+                violation_error_message="This student is already enrolled in this section.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='periodattendance',
-            constraint=models.UniqueConstraint(fields=('student', 'section', 'date'), name='period_attendance_one_per_meeting', violation_error_message='This student already has attendance for this section on this day.'),
+            model_name="periodattendance",
+            constraint=models.UniqueConstraint(
+                fields=("student", "section", "date"),
+                name="period_attendance_one_per_meeting",
+                violation_error_message="This student already has attendance for this section on this day.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='periodattendance',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['present', 'excused', 'unexcused', 'tardy', 'early_departure'])), name='period_attendance_status_valid', violation_error_message='Status must be one of: present, excused, unexcused, tardy, early_departure.'),
+            model_name="periodattendance",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("status__in", ["present", "excused", "unexcused", "tardy", "early_departure"])
+                ),
+                name="period_attendance_status_valid",
+                violation_error_message="Status must be one of: present, excused, unexcused, tardy, early_departure.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='grade',
-            constraint=models.UniqueConstraint(fields=('student', 'section', 'grading_period'), name='grade_one_per_period', violation_error_message='This student already has a grade for this section and grading period.'),
+            model_name="grade",
+            constraint=models.UniqueConstraint(
+                fields=("student", "section", "grading_period"),
+                name="grade_one_per_period",
+                violation_error_message="This student already has a grade for this section and grading period.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='grade',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('numeric_grade__gte', 0), ('numeric_grade__lte', 100)), ('numeric_grade__isnull', True), _connector='OR'), name='grade_numeric_range', violation_error_message='Numeric grade must be between 0 and 100.'),
+            model_name="grade",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("numeric_grade__gte", 0), ("numeric_grade__lte", 100)),
+                    ("numeric_grade__isnull", True),
+                    _connector="OR",
+                ),
+                name="grade_numeric_range",
+                violation_error_message="Numeric grade must be between 0 and 100.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='grade',
-            constraint=models.CheckConstraint(condition=models.Q(('letter_grade', ''), ('numeric_grade__isnull', True), _negated=True), name='grade_has_a_mark', violation_error_message='Give a letter grade, a numeric grade, or both.'),
+            model_name="grade",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("letter_grade", ""), ("numeric_grade__isnull", True), _negated=True
+                ),
+                name="grade_has_a_mark",
+                violation_error_message="Give a letter grade, a numeric grade, or both.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='enrollment',
-            constraint=models.CheckConstraint(condition=models.Q(('exit_date__isnull', True), ('exit_date__gte', models.F('entry_date')), _connector='OR'), name='enrollment_exit_after_entry', violation_error_message='Exit date cannot be before the entry date.'),
+            model_name="enrollment",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("exit_date__isnull", True),
+                    ("exit_date__gte", models.F("entry_date")),
+                    _connector="OR",
+                ),
+                name="enrollment_exit_after_entry",
+                violation_error_message="Exit date cannot be before the entry date.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='enrollment',
-            constraint=models.UniqueConstraint(condition=models.Q(('exit_date__isnull', True)), fields=('student', 'school'), name='enrollment_one_open_per_school', violation_error_message='This student already has an open enrollment at this school; set an exit date on it first.'),
+            model_name="enrollment",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("exit_date__isnull", True)),
+                fields=("student", "school"),
+                name="enrollment_one_open_per_school",
+                violation_error_message="This student already has an open enrollment at this school; set an exit date on it first.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='enrollment',
-            constraint=models.CheckConstraint(condition=models.Q(('grade_level__in', ['PK', 'KG', '01', '02', '03', '04', '05', '06', '07', '08', '09', '10', '11', '12'])), name='enrollment_grade_valid', violation_error_message='Grade level must be one of: PK, KG, 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12.'),
+            model_name="enrollment",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "grade_level__in",
+                        [
+                            "PK",
+                            "KG",
+                            "01",
+                            "02",
+                            "03",
+                            "04",
+                            "05",
+                            "06",
+                            "07",
+                            "08",
+                            "09",
+                            "10",
+                            "11",
+                            "12",
+                        ],
+                    )
+                ),
+                name="enrollment_grade_valid",
+                violation_error_message="Grade level must be one of: PK, KG, 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11, 12.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='enrollment',
-            constraint=models.CheckConstraint(condition=models.Q(('exit_reason__in', ['transfer', 'graduated', 'promoted', 'dropped_out', 'other']), ('exit_reason', ''), _connector='OR'), name='enrollment_exit_reason_valid', violation_error_message='Exit reason must be one of: transfer, graduated, promoted, dropped_out, other.'),
+            model_name="enrollment",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "exit_reason__in",
+                        ["transfer", "graduated", "promoted", "dropped_out", "other"],
+                    ),
+                    ("exit_reason", ""),
+                    _connector="OR",
+                ),
+                name="enrollment_exit_reason_valid",
+                violation_error_message="Exit reason must be one of: transfer, graduated, promoted, dropped_out, other.",
+            ),
         ),
         migrations.AddIndex(
-            model_name='dailyattendance',
-            index=models.Index(fields=['school', 'date'], name='daily_att_school_date'),
+            model_name="dailyattendance",
+            index=models.Index(fields=["school", "date"], name="daily_att_school_date"),
         ),
         migrations.AddConstraint(
-            model_name='dailyattendance',
-            constraint=models.UniqueConstraint(fields=('student', 'school', 'date'), name='daily_attendance_one_per_day', violation_error_message='This student already has attendance for this day.'),
+            model_name="dailyattendance",
+            constraint=models.UniqueConstraint(
+                fields=("student", "school", "date"),
+                name="daily_attendance_one_per_day",
+                violation_error_message="This student already has attendance for this day.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='dailyattendance',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['present', 'excused', 'unexcused', 'tardy', 'early_departure'])), name='daily_attendance_status_valid', violation_error_message='Status must be one of: present, excused, unexcused, tardy, early_departure.'),
+            model_name="dailyattendance",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("status__in", ["present", "excused", "unexcused", "tardy", "early_departure"])
+                ),
+                name="daily_attendance_status_valid",
+                violation_error_message="Status must be one of: present, excused, unexcused, tardy, early_departure.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='dailyattendance',
-            constraint=models.CheckConstraint(condition=models.Q(('minutes_absent__gte', 0), ('minutes_absent__lte', 1440)), name='daily_attendance_minutes_range', violation_error_message='Minutes absent must be between 0 and 1440.'),
+            model_name="dailyattendance",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("minutes_absent__gte", 0), ("minutes_absent__lte", 1440)),
+                name="daily_attendance_minutes_range",
+                violation_error_message="Minutes absent must be between 0 and 1440.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='studentdemographic',
-            constraint=models.CheckConstraint(condition=models.Q(('valid_to__isnull', True), ('valid_to__gt', models.F('valid_from')), _connector='OR'), name='demographic_valid_to_after_from', violation_error_message='Valid to must be after valid from.'),
+            model_name="studentdemographic",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("valid_to__isnull", True),
+                    ("valid_to__gt", models.F("valid_from")),
+                    _connector="OR",
+                ),
+                name="demographic_valid_to_after_from",
+                violation_error_message="Valid to must be after valid from.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='studentdemographic',
-            constraint=django.contrib.postgres.constraints.ExclusionConstraint(expressions=[('student', '='), (models.Func(models.F('valid_from'), models.F('valid_to'), models.Value('[)'), function='daterange', output_field=django.contrib.postgres.fields.ranges.DateRangeField()), '&&')], name='demographic_no_overlap', violation_error_message='These dates overlap another demographic record of this student.'),
+            model_name="studentdemographic",
+            constraint=django.contrib.postgres.constraints.ExclusionConstraint(
+                expressions=[
+                    ("student", "="),
+                    (
+                        models.Func(
+                            models.F("valid_from"),
+                            models.F("valid_to"),
+                            models.Value("[)"),
+                            function="daterange",
+                            output_field=django.contrib.postgres.fields.ranges.DateRangeField(),
+                        ),
+                        "&&",
+                    ),
+                ],
+                name="demographic_no_overlap",
+                violation_error_message="These dates overlap another demographic record of this student.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='studentdemographic',
-            constraint=models.CheckConstraint(condition=models.Q(('race_ethnicity__in', ['HI7', 'AM7', 'AS7', 'BL7', 'PI7', 'WH7', 'MU7'])), name='demographic_race_valid', violation_error_message='Race ethnicity must be one of: HI7, AM7, AS7, BL7, PI7, WH7, MU7.'),
+            model_name="studentdemographic",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("race_ethnicity__in", ["HI7", "AM7", "AS7", "BL7", "PI7", "WH7", "MU7"])
+                ),
+                name="demographic_race_valid",
+                violation_error_message="Race ethnicity must be one of: HI7, AM7, AS7, BL7, PI7, WH7, MU7.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='studentdemographic',
-            constraint=models.CheckConstraint(condition=models.Q(('sex__in', ['F', 'M', 'X'])), name='demographic_sex_valid', violation_error_message='Sex must be one of: F, M, X.'),
+            model_name="studentdemographic",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("sex__in", ["F", "M", "X"])),
+                name="demographic_sex_valid",
+                violation_error_message="Sex must be one of: F, M, X.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='studentguardian',
-            constraint=models.UniqueConstraint(fields=('student', 'guardian'), name='student_guardian_unique', violation_error_message='This guardian is already linked to this student.'),
+            model_name="studentguardian",
+            constraint=models.UniqueConstraint(
+                fields=("student", "guardian"),
+                name="student_guardian_unique",
+                violation_error_message="This guardian is already linked to this student.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='studentguardian',
-            constraint=models.CheckConstraint(condition=models.Q(('relationship__in', ['mother', 'father', 'guardian', 'grandparent', 'foster', 'other'])), name='guardian_rel_valid', violation_error_message='Relationship must be one of: mother, father, guardian, grandparent, foster, other.'),
+            model_name="studentguardian",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "relationship__in",
+                        ["mother", "father", "guardian", "grandparent", "foster", "other"],
+                    )
+                ),
+                name="guardian_rel_valid",
+                violation_error_message="Relationship must be one of: mother, father, guardian, grandparent, foster, other.",
+            ),
         ),
         migrations.AlterUniqueTogether(
-            name='studentuserobjectpermission',
-            unique_together={('user', 'permission', 'content_object')},
+            name="studentuserobjectpermission",
+            unique_together={("user", "permission", "content_object")},
         ),
     ]
