@@ -13,6 +13,9 @@ miss them (see docs/development/adding-a-model.md).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from django.apps import apps
 from django.db import connection
 
@@ -23,6 +26,12 @@ CREATE SEQUENCE IF NOT EXISTS {SEQUENCE};
 
 CREATE OR REPLACE FUNCTION bxos_stamp_change_version() RETURNS trigger AS $$
 BEGIN
+    -- Maintenance that changes no data a consumer sees (key rotation) sets this for its
+    -- transaction, so feeds and syncs do not see every row as changed.
+    IF TG_OP = 'UPDATE' AND current_setting('bxos.keep_change_version', true) = 'on' THEN
+        NEW.change_version := OLD.change_version;
+        RETURN NEW;
+    END IF;
     NEW.change_version := nextval('{SEQUENCE}');
     RETURN NEW;
 END
@@ -81,6 +90,18 @@ def install_triggers(using: str = "default") -> int:
             )
             count += 1
     return count
+
+
+@contextlib.contextmanager
+def keeping_change_versions() -> Iterator[None]:
+    """Inside a transaction: updates keep their change version (maintenance only)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('bxos.keep_change_version', 'on', true)")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('bxos.keep_change_version', 'off', true)")
 
 
 def current_change_version() -> int:
