@@ -1,4 +1,5 @@
-"""change_version rises on every insert and update, bulk paths included; deletes leave tombstones."""
+"""change_version rises on every insert and update, bulk paths included; deletes leave
+tombstones."""
 
 from datetime import date
 

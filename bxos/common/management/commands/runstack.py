@@ -108,7 +108,8 @@ class Command(BaseCommand):
         with socket.socket() as s:
             if s.connect_ex((host, port)) == 0:
                 raise CommandError(
-                    f"Port {port} on {host} is in use. Stop what runs there or use PORT=8001 make run."
+                    f"Port {port} on {host} is in use. Stop what runs there, "
+                    "or choose another port: PORT=8001 make run."
                 )
 
     def _stop_all(self, processes: dict[str, subprocess.Popen]) -> None:
