@@ -1,15 +1,20 @@
-"""Shared fixtures: two tenants built once per test session block, and service helpers.
+"""Shared fixtures: two tenants ("north" and "south"), and service helpers.
 
-The worlds are built inside each test's transaction (cheap: a few hundred rows), so every test
-starts from the same known state and may write freely.
+Building a district takes a second or two, so the two worlds are built once per session and
+committed; each ordinary test runs inside a transaction that rolls back, and gets fresh copies
+of the world's objects (so in-memory edits never leak between tests). pytest-django runs
+transactional tests after the others; their database flush removes the shared worlds, so those
+tests build their own.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 
 import pytest
+from django.db import models
 
 from tests.factories import build_district
 
@@ -31,14 +36,48 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-@pytest.fixture
-def north(db):
-    return build_district("north")
+@pytest.fixture(scope="session", autouse=True)
+def _shared_worlds(django_db_setup, django_db_blocker):
+    # Autouse at session scope: built before any test's transaction opens, so it is committed.
+    with django_db_blocker.unblock():
+        return {"north": build_district("north"), "south": build_district("south")}
+
+
+def _fresh(value):
+    if isinstance(value, models.Model):
+        return type(value)._base_manager.get(pk=value.pk)
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return copy.copy(value)
+
+
+def _world(request, name):
+    from bxos.schools.models import District
+
+    shared = request.getfixturevalue("_shared_worlds")[name]
+    marker = request.node.get_closest_marker("django_db")
+    if marker and marker.kwargs.get("transaction"):
+        request.getfixturevalue("transactional_db")
+        if not District.objects.filter(pk=shared.district.pk).exists():
+            return build_district(name)  # an earlier transactional test flushed the shared one
+    else:
+        request.getfixturevalue("db")
+    world = copy.copy(shared)
+    for attr, value in vars(shared).items():
+        setattr(world, attr, _fresh(value))
+    return world
 
 
 @pytest.fixture
-def south(db):
-    return build_district("south")
+def north(request):
+    return _world(request, "north")
+
+
+@pytest.fixture
+def south(request):
+    return _world(request, "south")
 
 
 @pytest.fixture
@@ -46,3 +85,13 @@ def system(db):
     from bxos.common.audit import system_actor
 
     return system_actor()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    # Tests that reach the database only through the world fixtures still count as database
+    # tests, so pytest-django orders them before the transactional ones (which flush).
+    for item in items:
+        uses_world = {"north", "south", "system"} & set(getattr(item, "fixturenames", ()))
+        if uses_world and item.get_closest_marker("django_db") is None:
+            item.add_marker(pytest.mark.django_db)

@@ -155,8 +155,8 @@ class Incident(TenantModel):
         }.get(self.level)
         if self.problem_behavior_id and expected and self.problem_behavior.category != expected:
             errors["problem_behavior"] = (
-                f"“{self.problem_behavior}” is not a {self.get_level_display().lower()} "
-                "problem behavior."
+                f"“{self.problem_behavior}” is not a {self.level} problem behavior; choose one "
+                f"from the {self.level} list or change the level."
             )
         for name, category in (
             ("location", [Cat.LOCATION]),
