@@ -9,7 +9,13 @@ from django.db import models
 from django.db.models import Q
 
 from bxos.behavior import choices
-from bxos.common.constraints import in_range, not_before, valid_code
+from bxos.common.constraints import (
+    FieldConstraintErrors,
+    in_range,
+    not_before,
+    on_field,
+    valid_code,
+)
 from bxos.common.fields import EncryptedTextField
 from bxos.common.models import TenantModel, User
 from bxos.common.permissions import Gate
@@ -18,7 +24,7 @@ from bxos.schools.models import School, Staff, Student
 Cat = choices.DescriptorCategory
 
 
-class Descriptor(models.Model):
+class Descriptor(FieldConstraintErrors, models.Model):
     """An entry of a code list districts extend: behaviors, locations, actions, ...
 
     Rows with no district are the shipped defaults (DOMAIN.md) shared by every district; a
@@ -135,11 +141,14 @@ class Incident(TenantModel):
                 "restraint_seclusion", choices.RestraintSeclusion, name="incident_restraint_valid"
             ),
             valid_code("idea_removal", choices.IdeaRemoval, name="incident_idea_removal_valid"),
-            models.CheckConstraint(
-                condition=Q(school_related_arrest=False) | Q(law_enforcement_referral=True),
-                name="incident_arrest_implies_referral",
-                violation_error_message="A school-related arrest is also a referral to law "
-                "enforcement.",
+            on_field(
+                "law_enforcement_referral",
+                models.CheckConstraint(
+                    condition=Q(school_related_arrest=False) | Q(law_enforcement_referral=True),
+                    name="incident_arrest_implies_referral",
+                    violation_error_message="A school-related arrest is also a referral to law "
+                    "enforcement.",
+                ),
             ),
         ]
 
@@ -196,10 +205,13 @@ class IncidentAction(TenantModel):
     class Meta:
         ordering = ["incident", "start_date", "id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(duration_days__gte=0),
-                name="incident_action_duration_not_negative",
-                violation_error_message="Duration cannot be negative.",
+            on_field(
+                "duration_days",
+                models.CheckConstraint(
+                    condition=Q(duration_days__gte=0),
+                    name="incident_action_duration_not_negative",
+                    violation_error_message="Duration cannot be negative.",
+                ),
             ),
             not_before("end_date", "start_date", name="incident_action_end_after_start"),
         ]
@@ -292,10 +304,13 @@ class BehaviorSupportRequest(TenantModel):
         constraints = [
             valid_code("state", choices.BsrState, name="bsr_state_valid"),
             in_range("priority", 1, 4, name="bsr_priority_range"),
-            models.CheckConstraint(
-                condition=Q(state=choices.BsrState.SUBMITTED) | Q(priority__isnull=False),
-                name="bsr_triaged_has_priority",
-                violation_error_message="A request past submission needs a priority.",
+            on_field(
+                "priority",
+                models.CheckConstraint(
+                    condition=Q(state=choices.BsrState.SUBMITTED) | Q(priority__isnull=False),
+                    name="bsr_triaged_has_priority",
+                    violation_error_message="A request past submission needs a priority.",
+                ),
             ),
             not_before("closed_at", "submitted_at", name="bsr_closed_after_submitted"),
         ]

@@ -63,3 +63,19 @@ def audit_bulk(
         changes={"batch": {"count": len(ids), "first_ids": ids[:100], "note": note}},
         actor=actor,
     )
+
+
+def register_audit(
+    model: type, *, exclude: tuple[str, ...] = (), mask: tuple[str, ...] = ()
+) -> None:
+    """Register a model with django-auditlog, tracking its own columns only.
+
+    Reverse relations and bookkeeping columns (change version, timestamps) would only add noise
+    to the History page; many-to-many fields are tracked as such.
+    """
+    from auditlog.registry import auditlog
+
+    skip = {"change_version", "created_at", "updated_at", "id", *exclude}
+    fields = [f.name for f in model._meta.concrete_fields if f.name not in skip]
+    m2m = [f.name for f in model._meta.many_to_many if f.remote_field.through._meta.auto_created]
+    auditlog.register(model, include_fields=fields, mask_fields=list(mask), m2m_fields=set(m2m))

@@ -13,6 +13,7 @@ from django.contrib.postgres.indexes import BrinIndex
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from bxos.common.constraints import FieldConstraintErrors
 from bxos.common.permissions import Gate
 
 
@@ -54,7 +55,7 @@ class ChangeVersionField(models.BigIntegerField):
         super().__init__(*args, **kwargs)
 
 
-class TenantModel(models.Model):
+class TenantModel(FieldConstraintErrors, models.Model):
     """Base for every row holding student data: district, timestamps, change version, lineage.
 
     ``clean()`` refuses a foreign key to another district's row, so no path (admin, API, sync)

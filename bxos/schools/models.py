@@ -13,7 +13,13 @@ from django.db import models
 from django.db.models import F, Func, Q
 from guardian.models import UserObjectPermissionBase
 
-from bxos.common.constraints import in_range, not_before, valid_code
+from bxos.common.constraints import (
+    FieldConstraintErrors,
+    in_range,
+    not_before,
+    on_field,
+    valid_code,
+)
 from bxos.common.models import TenantModel, User
 from bxos.common.permissions import Gate
 from bxos.schools import choices
@@ -29,7 +35,7 @@ def _students_enrolled_in(student_path: str):
     return dimension
 
 
-class District(models.Model):
+class District(FieldConstraintErrors, models.Model):
     """A school district: the tenant. Nothing of one district is ever visible to another."""
 
     name = models.CharField(max_length=200)
@@ -45,15 +51,21 @@ class District(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(state_code__regex=r"^[A-Z]{2}$"),
-                name="district_state_code_format",
-                violation_error_message="State code must be two capital letters, e.g. OR.",
+            on_field(
+                "state_code",
+                models.CheckConstraint(
+                    condition=Q(state_code__regex=r"^[A-Z]{2}$"),
+                    name="district_state_code_format",
+                    violation_error_message="State code must be two capital letters, e.g. OR.",
+                ),
             ),
-            models.CheckConstraint(
-                condition=Q(nces_id="") | Q(nces_id__regex=r"^[0-9]{7}$"),
-                name="district_nces_id_format",
-                violation_error_message="An NCES LEA id is seven digits.",
+            on_field(
+                "nces_id",
+                models.CheckConstraint(
+                    condition=Q(nces_id="") | Q(nces_id__regex=r"^[0-9]{7}$"),
+                    name="district_nces_id_format",
+                    violation_error_message="An NCES LEA id is seven digits.",
+                ),
             ),
         ]
 
@@ -175,10 +187,13 @@ class Student(TenantModel):
                 violation_error_message="Another student in this district has this state id.",
             ),
             valid_code("grade_level", choices.GradeLevel, name="student_grade_level_valid"),
-            models.CheckConstraint(
-                condition=Q(birth_date__gte="1900-01-01"),
-                name="student_birth_date_plausible",
-                violation_error_message="Birth date is not plausible.",
+            on_field(
+                "birth_date",
+                models.CheckConstraint(
+                    condition=Q(birth_date__gte="1900-01-01"),
+                    name="student_birth_date_plausible",
+                    violation_error_message="Birth date is not plausible.",
+                ),
             ),
         ]
 
@@ -279,10 +294,13 @@ class StudentDemographic(TenantModel):
     class Meta:
         ordering = ["student", "-valid_from"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(valid_to__isnull=True) | Q(valid_to__gt=F("valid_from")),
-                name="demographic_valid_to_after_from",
-                violation_error_message="Valid to must be after valid from.",
+            on_field(
+                "valid_to",
+                models.CheckConstraint(
+                    condition=Q(valid_to__isnull=True) | Q(valid_to__gt=F("valid_from")),
+                    name="demographic_valid_to_after_from",
+                    violation_error_message="Valid to must be after valid from.",
+                ),
             ),
             ExclusionConstraint(
                 name="demographic_no_overlap",
@@ -561,10 +579,13 @@ class Grade(TenantModel):
                 "grading period.",
             ),
             in_range("numeric_grade", 0, 100, name="grade_numeric_range"),
-            models.CheckConstraint(
-                condition=~Q(letter_grade="", numeric_grade__isnull=True),
-                name="grade_has_a_mark",
-                violation_error_message="Give a letter grade, a numeric grade, or both.",
+            on_field(
+                "letter_grade",
+                models.CheckConstraint(
+                    condition=~Q(letter_grade="", numeric_grade__isnull=True),
+                    name="grade_has_a_mark",
+                    violation_error_message="Give a letter grade, a numeric grade, or both.",
+                ),
             ),
         ]
 

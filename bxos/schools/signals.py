@@ -1,11 +1,8 @@
 """Audit registration and event catalogue of the school-data core."""
 
-from auditlog.registry import auditlog
-
 from bxos.common import events
+from bxos.common.audit import register_audit
 from bxos.schools import models as m
-
-AUDIT_EXCLUDE = ["change_version", "updated_at", "created_at"]
 
 for model in (
     m.District,
@@ -23,7 +20,7 @@ for model in (
     m.PeriodAttendance,
     m.Grade,
 ):
-    auditlog.register(model, exclude_fields=AUDIT_EXCLUDE)
+    register_audit(model)
 
 for entity, label in (
     ("district", "district"),
