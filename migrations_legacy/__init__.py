@@ -1,0 +1,1 @@
+"""Bulk import, export, ETL and legacy-system migration projects (app label ``legacy``)."""

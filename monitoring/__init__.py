@@ -1,0 +1,1 @@
+"""Metrics, health checks, alert rules and dashboards for integrations and deliveries."""
