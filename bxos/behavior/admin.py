@@ -118,6 +118,40 @@ class IncidentAdmin(TenantAdmin):
     ]
 
 
+class QueueFilter(admin.SimpleListFilter):
+    """The queue shows open requests by default; closed ones are one click away."""
+
+    title = "queue"
+    parameter_name = "queue"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("open", "Open"),
+            ("overdue", "Open and overdue"),
+            ("closed", "Closed"),
+            ("all", "All"),
+        ]
+
+    def choices(self, changelist):
+        value = self.value() or "open"
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value() or "open"
+        if value == "open":
+            return queryset.filter(state__in=choices.OPEN_BSR_STATES)
+        if value == "overdue":
+            return queryset.filter(state__in=choices.OPEN_BSR_STATES, due_at__lt=timezone.now())
+        if value == "closed":
+            return queryset.exclude(state__in=choices.OPEN_BSR_STATES)
+        return queryset
+
+
 class BsrForm(forms.ModelForm):
     """The request itself plus one workflow move, made through the bsr_transition service."""
 
@@ -170,7 +204,7 @@ class BehaviorSupportRequestAdmin(TenantAdmin):
         "overdue",
     ]
     list_display_links = ["id", "student"]
-    list_filter = ["school", "state", "priority"]
+    list_filter = [QueueFilter, "school", "state", "priority"]
     search_fields = ["student__last_name", "=student__student_number", "concern"]
     autocomplete_fields = ["student", "school", "requested_by", "assignee"]
     list_select_related = ["student", "school", "assignee"]

@@ -307,9 +307,12 @@ class BehaviorSupportRequest(TenantModel):
             on_field(
                 "priority",
                 models.CheckConstraint(
-                    condition=Q(state=choices.BsrState.SUBMITTED) | Q(priority__isnull=False),
+                    # Work on a request needs a priority; a submitted request may be closed
+                    # (a duplicate) or escalated before anyone triages it.
+                    condition=~Q(state__in=[choices.BsrState.TRIAGED, choices.BsrState.IN_PROGRESS])
+                    | Q(priority__isnull=False),
                     name="bsr_triaged_has_priority",
-                    violation_error_message="A request past submission needs a priority.",
+                    violation_error_message="A triaged or in-progress request needs a priority.",
                 ),
             ),
             not_before("closed_at", "submitted_at", name="bsr_closed_after_submitted"),

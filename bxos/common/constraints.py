@@ -28,7 +28,7 @@ class FieldConstraintErrors:
                 try:
                     constraint.validate(model_class, self, exclude=exclude, using=using)
                 except ValidationError as exc:
-                    field = getattr(constraint, "error_field", None)
+                    field = _FIELD_OF.get(constraint.name)
                     key = field if field and field not in (exclude or ()) else NON_FIELD_ERRORS
                     errors.setdefault(key, []).append(exc)
         if errors:
@@ -39,8 +39,12 @@ def _words(name: str) -> str:
     return name.replace("_", " ")
 
 
+# constraint name -> field. Not an attribute: Django clones constraints through deconstruct().
+_FIELD_OF: dict[str, str] = {}
+
+
 def _on(field: str, constraint):
-    constraint.error_field = field
+    _FIELD_OF[constraint.name] = field
     return constraint
 
 

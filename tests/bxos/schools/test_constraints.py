@@ -410,7 +410,8 @@ def test_admin_session_with_inverted_dates(north, client):
         },
     )
     assert response.status_code == 200
-    assert "cannot be before" in str(response.context["adminform"].form.errors)
+    # On the field to fix, not only at the top of the form.
+    assert "cannot be before" in response.context["adminform"].form.errors["end_date"][0]
 
 
 def test_section_enrollment_constraint_in_admin_inline(north, client):
