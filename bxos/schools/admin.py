@@ -110,7 +110,14 @@ class StudentAdmin(TenantAdmin):
     ]
     list_display_links = ["last_name", "first_name"]
     list_filter = [SchoolFilter, "grade_level", "is_active"]
-    search_fields = ["last_name", "first_name", "preferred_name", "=student_number", "=state_id"]
+    # Numbers match exactly (case-sensitive, so an index serves them); names by substring.
+    search_fields = [
+        "last_name",
+        "first_name",
+        "preferred_name",
+        "student_number__exact",
+        "state_id__exact",
+    ]
     inlines = [EnrollmentInline, StudentGuardianInline, DemographicInline]
     readonly_fields = ["records_links"]
 

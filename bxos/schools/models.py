@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import DateRangeField, RangeOperators
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Func, Q
+from django.db.models.functions import Upper
 from guardian.models import UserObjectPermissionBase
 
 from bxos.common.constraints import (
@@ -173,6 +175,15 @@ class Student(TenantModel):
         permissions = [("access_student", "Has this student on their caseload")]
         indexes = [
             models.Index(fields=["district", "last_name", "first_name"], name="student_name_idx"),
+            # Admin search compiles to UPPER(col) LIKE UPPER('%term%'): trigram indexes on the
+            # same expressions keep it an index scan in a district of a million students.
+            GinIndex(OpClass(Upper("last_name"), name="gin_trgm_ops"), name="student_last_trgm"),
+            GinIndex(OpClass(Upper("first_name"), name="gin_trgm_ops"), name="student_first_trgm"),
+            GinIndex(
+                OpClass(Upper("preferred_name"), name="gin_trgm_ops"), name="student_pref_trgm"
+            ),
+            models.Index(fields=["student_number"], name="student_number_idx"),
+            models.Index(fields=["state_id"], name="student_state_id_idx"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -392,6 +403,10 @@ class Enrollment(TenantModel):
 
     class Meta:
         ordering = ["-entry_date", "id"]
+        indexes = [
+            # The gate asks "students enrolled at these schools": an index-only scan.
+            models.Index(fields=["school", "student"], name="enrollment_school_student"),
+        ]
         constraints = [
             not_before(
                 "exit_date",
