@@ -212,6 +212,8 @@ class StaffAdmin(TenantAdmin):
         schools = list(form.cleaned_data.get("schools", []))
         form.save_m2m = lambda: None
         super().save_related(request, form, formsets, change)
+        # Also moves the login to the role of a changed position, and deactivates it with the
+        # staff member.
         services.staff_set_schools(actor=request.user, staff=form.instance, schools=schools)
 
     @admin.action(description="Create logins (no password yet) for the selected staff")

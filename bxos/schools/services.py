@@ -145,6 +145,28 @@ def staff_login_create(
     return user
 
 
+def staff_sync_login(*, actor, staff: Staff) -> None:
+    """Keep a staff member's login in step with the record: role group from the position,
+    active only while the staff member is; a changed position loses the old school access."""
+    if not staff.user_id:
+        return
+    with write_as(actor):
+        user = staff.user
+        wanted = POSITION_ROLE.get(staff.position)
+        role_groups = Group.objects.filter(name__in=roles.ALL_ROLES)
+        user.groups.remove(*role_groups.exclude(name=wanted))
+        if wanted:
+            user.groups.add(Group.objects.get(name=wanted))
+        if user.is_active != staff.is_active:
+            user.is_active = staff.is_active
+            user.save(update_fields=["is_active"])
+        if wanted in (roles.SCHOOL_ADMIN, roles.COUNSELOR):
+            access_set_schools(actor=actor, user=user, schools=list(staff.schools.all()))
+        else:
+            access_set_schools(actor=actor, user=user, schools=[])
+    roles.forget(user)
+
+
 def staff_set_schools(*, actor, staff: Staff, schools: list[School]) -> None:
     """Set where a staff member works; school admins and counselors get access to those schools."""
     with write_as(actor):
@@ -152,11 +174,7 @@ def staff_set_schools(*, actor, staff: Staff, schools: list[School]) -> None:
             if school.district_id != staff.district_id:
                 raise ValidationError({"schools": f"{school} belongs to another district."})
         staff.schools.set(schools)
-        if staff.user_id and POSITION_ROLE.get(staff.position) in (
-            roles.SCHOOL_ADMIN,
-            roles.COUNSELOR,
-        ):
-            access_set_schools(actor=actor, user=staff.user, schools=schools)
+        staff_sync_login(actor=actor, staff=staff)
         events.emit("staff.updated", staff)
 
 
