@@ -239,9 +239,12 @@ class BehaviorSupportRequestAdmin(TenantAdmin):
     def overdue(self, obj):
         return bool(obj.is_open and obj.due_at and obj.due_at < timezone.now())
 
+    # Fields a save may change directly; the state only moves through bsr_transition.
+    plain_fields = ("concern", "student", "school", "requested_by", "assignee", "priority")
+
     def save_model(self, request, obj, form, change):
-        move_to = form.cleaned_data.get("move_to")
-        note = form.cleaned_data.get("move_note", "")
+        data = form.cleaned_data
+        move_to = data.get("move_to")
         if not change:
             bsr = services.bsr_submit(
                 actor=request.user,
@@ -250,38 +253,28 @@ class BehaviorSupportRequestAdmin(TenantAdmin):
                 requested_by=obj.requested_by,
                 concern=obj.concern,
             )
+            # The admin redirects and logs with this instance: give it the new row.
             obj.pk = bsr.pk
             obj.refresh_from_db()
-            if move_to:
-                services.bsr_transition(
-                    actor=request.user,
-                    bsr=obj,
-                    to_state=move_to,
-                    note=note,
-                    priority=form.cleaned_data.get("priority"),
-                    assignee=form.cleaned_data.get("assignee"),
-                )
-            return
-        plain = [
-            f
-            for f in form.changed_data
-            if f in {"concern", "student", "school", "requested_by", "assignee", "priority"}
-        ]
-        if move_to:
+        else:
+            # With a move, priority and assignee are the transition's to set (due time, history).
+            moved_by_transition = {"priority", "assignee"} if move_to else set()
+            plain = [
+                f
+                for f in form.changed_data
+                if f in self.plain_fields and f not in moved_by_transition
+            ]
             if plain:
-                model_save(
-                    instance=obj, actor=request.user, fields=[f for f in plain if f != "priority"]
-                )
+                model_save(instance=obj, actor=request.user, fields=plain)
+        if move_to:
             services.bsr_transition(
                 actor=request.user,
                 bsr=obj,
                 to_state=move_to,
-                note=note,
-                priority=form.cleaned_data.get("priority"),
-                assignee=form.cleaned_data.get("assignee"),
+                note=data.get("move_note", ""),
+                priority=data.get("priority"),
+                assignee=data.get("assignee"),
             )
-        elif plain:
-            model_save(instance=obj, actor=request.user, fields=plain)
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name in ("requested_by", "assignee"):

@@ -128,3 +128,25 @@ def test_admin_moves_a_request_through_the_service(north, client):
     response = client.post(url, data)
     assert response.status_code == 200
     assert "move_to" in response.context["adminform"].form.errors
+
+
+def test_admin_add_submits_and_can_triage_at_once(north, client):
+    user = north.users["counselor"]
+    client.force_login(user)
+    response = client.post(
+        reverse("admin:behavior_behaviorsupportrequest_add"),
+        {
+            "student": north.b1.pk,
+            "school": north.school_b.pk,
+            "requested_by": north.counselor_staff.pk,
+            "concern": "Withdrawn in class",
+            "priority": "3",
+            "move_to": "",
+            "transitions-TOTAL_FORMS": "0",
+            "transitions-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    bsr = BehaviorSupportRequest.objects.filter(student=north.b1).latest("id")
+    assert bsr.state == "submitted"
+    assert list(bsr.transitions.values_list("to_state", "actor")) == [("submitted", user.pk)]
