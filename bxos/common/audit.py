@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 
-from auditlog.context import set_actor
+from auditlog.context import auditlog_value, set_actor
 from auditlog.models import LogEntry
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
@@ -33,13 +33,22 @@ def system_actor():
 
 @contextlib.contextmanager
 def acting_as(actor, remote_addr: str | None = None) -> Iterator[None]:
-    """Run a block as ``actor``: audit entries written inside name it."""
+    """Run a block as ``actor``: audit entries written inside name it. Nestable."""
+    if _current_actor.get() is actor:
+        # Services nest (a service calls services): the same actor is already in place.
+        yield
+        return
     token = _current_actor.set(actor)
+    # django-auditlog's set_actor does not restore its context on exit, so after a nested
+    # block the outer one would write entries with no actor. Restore it ourselves.
+    outer = auditlog_value.get(None)
     try:
         with set_actor(actor, remote_addr=remote_addr):
             yield
     finally:
         _current_actor.reset(token)
+        if outer is not None:
+            auditlog_value.set(outer)
 
 
 def current_actor():

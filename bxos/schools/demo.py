@@ -612,17 +612,6 @@ _SEX = _Weighted(SEX_WEIGHTS)
 _BSR_STATE = _Weighted(BSR_STATE_WEIGHTS)
 
 
-def _check_bsr_paths() -> None:
-    # The demo history must be one the workflow allows; fail at import rather than seed nonsense.
-    for state, paths in BSR_PATHS.items():
-        for path in paths:
-            assert path[0] == bchoices.BsrState.SUBMITTED and path[-1] == state, path
-            for a, b in itertools.pairwise(path):
-                assert b in bchoices.BSR_TRANSITIONS[a], f"{a} -> {b} is not allowed"
-
-
-_check_bsr_paths()
-
 # --- what the run produced ------------------------------------------------------------------
 
 
@@ -780,12 +769,20 @@ class _Writer:
         self.counts = counts
 
     def insert(
-        self, model: type[models.Model], columns: Sequence[str], rows: list[tuple]
+        self,
+        model: type[models.Model],
+        columns: Sequence[str],
+        rows: list[tuple],
+        ids: list[int] | None = None,
     ) -> list[int]:
-        """Insert rows of ``(created_at, *columns)``; returns the new ids in row order."""
+        """Insert rows of ``(created_at, *columns)``; returns the new ids in row order.
+
+        ``ids`` are ids reserved earlier (when other rows had to refer to them first).
+        """
         if not rows:
             return []
-        ids = _reserve_ids(model, len(rows))
+        if ids is None:
+            ids = _reserve_ids(model, len(rows))
         did, src = self.district_id, SOURCE_SYSTEM
         _copy(
             model,
@@ -803,12 +800,18 @@ class _Writer:
         return ids
 
     def insert_batched(
-        self, model: type[models.Model], columns: Sequence[str], rows: list[tuple]
+        self,
+        model: type[models.Model],
+        columns: Sequence[str],
+        rows: list[tuple],
+        ids: list[int] | None = None,
     ) -> list[int]:
-        ids: list[int] = []
+        """:meth:`insert` in batches of COPY_BATCH rows, one audit entry each."""
+        out: list[int] = []
         for start in range(0, len(rows), COPY_BATCH):
-            ids += self.insert(model, columns, rows[start : start + COPY_BATCH])
-        return ids
+            end = start + COPY_BATCH
+            out += self.insert(model, columns, rows[start:end], ids[start:end] if ids else None)
+        return out
 
 
 def _progress(desc: str, total: int, unit: str, enabled: bool) -> tqdm:
@@ -1065,21 +1068,14 @@ class _DistrictBuilder:
                 entered, st.id, self.schools[st.school].pk, year_id, st.grade, st.entry, None, "",
                 True,
             ))  # fmt: skip
-        ids = [st.id for st in self.students]
-        # Student ids were reserved up front (cohorts and families refer to them).
-        for start in range(0, len(student_rows), COPY_BATCH):
-            batch_ids = ids[start : start + COPY_BATCH]
-            _copy(
-                Student,
-                (*_TENANT_COLUMNS, "student_number", "state_id", "first_name", "middle_name",
-                 "last_name", "preferred_name", "birth_date", "grade_level", "email",
-                 "is_active"),
-                ((i, w.district_id, SOURCE_SYSTEM, "", r[0], *r)
-                 for i, r in zip(batch_ids, student_rows[start : start + COPY_BATCH], strict=True)),
-            )  # fmt: skip
-            audit_bulk(model=Student, action=LogEntry.Action.CREATE, object_ids=batch_ids,
-                       actor=self.actor, note=AUDIT_NOTE)  # fmt: skip
-            self.counts[Student._meta.label] += len(batch_ids)
+        # Student ids were reserved up front: families and cohorts refer to them.
+        w.insert_batched(
+            Student,
+            ("student_number", "state_id", "first_name", "middle_name", "last_name",
+             "preferred_name", "birth_date", "grade_level", "email", "is_active"),
+            student_rows,
+            ids=[st.id for st in self.students],
+        )  # fmt: skip
         del student_rows
         w.insert_batched(
             StudentDemographic,
@@ -1341,7 +1337,6 @@ class _DistrictBuilder:
     def create_logins(self) -> None:
         plan = self.plan
         bar = _progress(f"{plan.code}: logins & access", len(plan.logins), "login", self.show)
-        staff_rows = {s.pk: s for s in Staff.objects.filter(district=self.district)}
         codes = [sp.code for sp in plan.schools]
         for username, position, school_code, dept in plan.logins:
             candidates = [
@@ -1352,7 +1347,7 @@ class _DistrictBuilder:
             ]  # fmt: skip
             # The teacher login gets the colleague with the most sections to show.
             member = max(candidates, key=lambda s: (len(s.sections), -s.index))
-            staff = staff_rows[member.id]
+            staff = Staff.objects.get(pk=member.id)
             user = school_services.staff_login_create(
                 actor=self.actor, staff=staff, username=username, password=None
             )
@@ -1684,7 +1679,7 @@ class _DistrictBuilder:
 
     def support(self) -> None:
         plan, rng = self.plan, self.rng
-        n_bsr = max(3, round(plan.students * 0.04))
+        n_bsr = max(len(BSR_STATE_WEIGHTS), round(plan.students * 0.04))
         bar = _progress(f"{plan.code}: support requests", 2, "step", self.show)
         referred = [s for s in self.students if s.referrals >= 3]
         quiet = [s for s in self.students if s.referrals < 3]
@@ -1692,8 +1687,11 @@ class _DistrictBuilder:
         chosen = rng.sample(referred, k_hi) + rng.sample(quiet, min(len(quiet), n_bsr - k_hi))
         user_of = {s.id: s.user_id for s in self.staff if s.user_id}
         bsr_rows, histories = [], []
-        for st in chosen:
-            bsr, history = self._bsr(st, user_of)
+        # Every state is shown at least once (small districts too); the rest follow the weights.
+        states = list(BSR_STATE_WEIGHTS)
+        for n, st in enumerate(chosen):
+            state = states[n] if n < len(states) else _BSR_STATE.pick(rng)
+            bsr, history = self._bsr(st, state, user_of)
             bsr_rows.append(bsr)
             histories.append(history)
         ids = self.writer.insert(
@@ -1716,9 +1714,8 @@ class _DistrictBuilder:
     def _school_staff(self, school: int, *positions: str) -> list[_Staff]:
         return [s for p in positions for s in self.staff_at.get((school, p), [])]
 
-    def _bsr(self, st: _Student, user_of: dict[int, int]) -> tuple[tuple, list[tuple]]:
+    def _bsr(self, st: _Student, state: str, user_of: dict[int, int]) -> tuple[tuple, list]:
         rng = self.rng
-        state = _BSR_STATE.pick(rng)
         path = rng.choice(BSR_PATHS[state])
         teachers = [self.staff[self.sections[i].teacher] for i in
                     self.cohorts[st.cohort].sections.values()]  # fmt: skip
@@ -1729,13 +1726,11 @@ class _DistrictBuilder:
                                      StaffPosition.ASSISTANT_PRINCIPAL)  # fmt: skip
         assignee = rng.choice(helpers) if helpers else None
         triager = rng.choice(leaders)
+        # Triage sets the priority; a request escalated or closed (a duplicate) straight from
+        # submission never got one.
         priority = None
-        if len(path) > 1:
+        if "triaged" in path:
             priority = rng.choices([1, 2, 3, 4], cum_weights=[8, 30, 75, 100])[0]
-            if path[1] == "escalated":
-                priority = 1
-            elif path[1] == "closed_no_action":
-                priority = 4
         # Open requests are recent; closed ones spread over the fall.
         open_state = state in bchoices.OPEN_BSR_STATES
         window = [d for d in self.days if d >= (date(2026, 11, 9) if open_state else
@@ -1756,6 +1751,9 @@ class _DistrictBuilder:
                 actor = user_of.get(triager.id)
                 note = f"Priority {priority}; assigned to {assignee.first} {assignee.last}" \
                     if assignee else f"Priority {priority}"  # fmt: skip
+            elif to_state == "escalated" and previous == "submitted":
+                at += timedelta(hours=rng.uniform(0.2, 2))
+                actor, note = user_of.get(triager.id), "Safety concern: escalated on arrival"
             elif to_state == "escalated":
                 at = max(at + timedelta(hours=1), (due or at) + timedelta(hours=rng.uniform(1, 6)))
                 # The overdue sweep runs as the system actor.
@@ -1771,7 +1769,11 @@ class _DistrictBuilder:
             else:  # closed_no_action
                 at += timedelta(hours=rng.uniform(1, 48))
                 actor = user_of.get(triager.id)
-                note = "Handled in class; no further action needed"
+                note = (
+                    "Duplicate of an open request"
+                    if previous == "submitted"
+                    else "Handled in class; no further action needed"
+                )
             history.append([previous, to_state, actor, note, at])
         # Keep the whole history inside the recorded fall: shift it back if it runs past.
         overshoot = history[-1][4] - limit
@@ -1784,7 +1786,7 @@ class _DistrictBuilder:
         resolution = history[-1][3] if not open_state else ""
         row = (
             submitted, st.id, self.schools[st.school].pk, requester.id, concern, state, priority,
-            assignee.id if assignee and len(path) > 1 else None, submitted, due, closed,
+            assignee.id if assignee and priority else None, submitted, due, closed,
             resolution,
         )  # fmt: skip
         return row, [(step[4], *step[:4], step[4]) for step in history]
@@ -2046,11 +2048,11 @@ def _bands(by_grade: list[tuple[str, list[int]]], minimum: int = 12):
 
 
 def _delete_rows(model: type[models.Model], where: str, params: list, actor, deleted: Counter,
-                 note: str = AUDIT_NOTE) -> int:  # fmt: skip
+                 audit: bool = True) -> int:  # fmt: skip
     """Delete matching rows in id-range chunks, one audit entry per chunk.
 
     Raw SQL, because the ORM would load every row and write one audit entry each; the tombstone
-    trigger still records every deleted row.
+    trigger still records every deleted row of a tenant table.
     """
     table = _quote(model._meta.db_table)
     total = 0
@@ -2065,10 +2067,10 @@ def _delete_rows(model: type[models.Model], where: str, params: list, actor, del
                 [*params, start, start + DELETE_SPAN],
             )
             ids = [row[0] for row in cursor.fetchall()]
-            if ids:
+            if ids and audit:
                 audit_bulk(model=model, action=LogEntry.Action.DELETE, object_ids=ids,
-                           actor=actor, note=f"{note}: reset")  # fmt: skip
-                total += len(ids)
+                           actor=actor, note=f"{AUDIT_NOTE}: reset")  # fmt: skip
+            total += len(ids)
     deleted[model._meta.label] += total
     return total
 
@@ -2120,7 +2122,9 @@ def _delete_district(district: District, actor, deleted: Counter) -> None:
     _delete_rows(StudentUserObjectPermission, of(Student, "content_object_id"), did, actor,
                  deleted)  # fmt: skip
     _delete_rows(Student, by_district, did, actor, deleted)
-    _delete_rows(Staff.schools.through, of(Staff, "staff_id"), did, actor, deleted)
+    # The staff-school links go with their staff rows (audited next); the auto-created link
+    # model has no content type to audit under.
+    _delete_rows(Staff.schools.through, of(Staff, "staff_id"), did, actor, deleted, audit=False)
     user_ids = list(
         Staff.objects.filter(district=district, user__isnull=False).values_list(
             "user_id", flat=True

@@ -4,19 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('behavior', '0002_default_descriptors'),
-        ('schools', '0001_initial'),
+        ("behavior", "0002_default_descriptors"),
+        ("schools", "0001_initial"),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='behaviorsupportrequest',
-            name='bsr_triaged_has_priority',
+            model_name="behaviorsupportrequest",
+            name="bsr_triaged_has_priority",
         ),
         migrations.AddConstraint(
-            model_name='behaviorsupportrequest',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('state__in', ['triaged', 'in_progress']), _negated=True), ('priority__isnull', False), _connector='OR'), name='bsr_triaged_has_priority', violation_error_message='A triaged or in-progress request needs a priority.'),
+            model_name="behaviorsupportrequest",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("state__in", ["triaged", "in_progress"]), _negated=True),
+                    ("priority__isnull", False),
+                    _connector="OR",
+                ),
+                name="bsr_triaged_has_priority",
+                violation_error_message="A triaged or in-progress request needs a priority.",
+            ),
         ),
     ]

@@ -91,3 +91,21 @@ def test_student_view_goes_to_the_access_log(north, client):
         ("behavior_incident", north.a1.pk),
     ]
     assert Student.objects.filter(pk=north.a1.pk).exists()
+
+
+def test_nested_actors_restore_the_outer_one(north, system):
+    """A block for another actor inside a block must not leave the outer entries actor-less."""
+    from bxos.common.audit import acting_as
+    from bxos.common.services import model_update
+
+    admin = north.users["district_admin"]
+    with acting_as(admin):
+        model_update(instance=north.a1, actor=admin, data={"preferred_name": "A"})
+        with acting_as(system):
+            model_update(instance=north.a2, actor=system, data={"preferred_name": "B"})
+        # A plain save in the outer block (bulk paths and commands do this) after the nested one.
+        north.b1.preferred_name = "C"
+        north.b1.save()
+    assert _entries(north.a1).first().actor == admin
+    assert _entries(north.a2).first().actor == system
+    assert _entries(north.b1).first().actor == admin

@@ -71,7 +71,9 @@ class Command(ActorCommand):
             if verbosity > 1:
                 for label, count in sorted(report.counts.items()):
                     out(f"  {label:<32} {count:>10,}")
-        password = report.password if report.created else "as set when seeded"
+        password = report.password
+        if report.present:  # those logins keep the password they were seeded with
+            password = f"as set when seeded, by default {demo.DEMO_PASSWORD}"
         out(f"\nDemo logins (password for all: {password}):")
         for username, text, exists in report.logins:
             note = "" if exists else "  (missing)"
