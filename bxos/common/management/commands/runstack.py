@@ -31,7 +31,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        call_command("migrate", interactive=False, verbosity=1)
+        self.stdout.write("Applying migrations...")
+        call_command("migrate", interactive=False, verbosity=0)
         if not options["no_seed"]:
             from bxos.schools.models import District
 
@@ -81,6 +82,9 @@ class Command(BaseCommand):
         for name, command in commands.items():
             processes[name] = subprocess.Popen(command, start_new_session=True)
 
+        # Print the banner once the web server answers, so the worker's start-up output does
+        # not scroll it away.
+        self._wait_for_port(host, port, processes["web"])
         self._print_banner(host, port)
         stopping = {"flag": False}
 
@@ -112,6 +116,19 @@ class Command(BaseCommand):
                     "or choose another port: PORT=8001 make run."
                 )
 
+    def _wait_for_port(
+        self, host: str, port: int, web: subprocess.Popen, timeout: float = 60
+    ) -> None:
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and web.poll() is None:
+            with socket.socket() as s:
+                if s.connect_ex((host, port)) == 0:
+                    time.sleep(1.5)  # let the worker and beat finish their banners
+                    return
+            time.sleep(0.3)
+
     def _stop_all(self, processes: dict[str, subprocess.Popen]) -> None:
         self.stdout.write("\nStopping web, worker and beat...")
         for proc in processes.values():
@@ -140,8 +157,10 @@ class Command(BaseCommand):
             from bxos.schools.demo import DEMO_LOGINS, DEMO_PASSWORD
         except ImportError:  # seeding is optional for this command
             DEMO_LOGINS, DEMO_PASSWORD = [], ""
+        rule = "=" * 72
         lines = [
             "",
+            rule,
             "BX-OS Integration Hub is running.",
             f"  Admin:        {base}/admin/",
             f"  Health check: {base}/healthz",
@@ -154,4 +173,5 @@ class Command(BaseCommand):
                 lines.append(f"  {username:<18} {description}")
             lines.append("")
         lines.append("Press Ctrl-C to stop web, worker, beat and the database.")
+        lines.append(rule)
         self.stdout.write("\n".join(lines))
