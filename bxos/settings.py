@@ -49,9 +49,11 @@ INSTALLED_APPS = [
     "bxos.common",
     "bxos.schools",
     "bxos.behavior",
+    "bxos.api",
 ]
 
 MIDDLEWARE = [
+    "bxos.common.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -172,12 +174,30 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-# --- Django REST framework (the vendor API arrives with its own issue) ---------------------
+# --- The vendor API ----------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": [
-        "oauth2_provider.contrib.rest_framework.OAuth2Authentication",
-    ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["bxos.api.authentication.ClientTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["bxos.api.permissions.HasClientScope"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "bxos.api.errors.problem_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+# Named explicitly so that our models can point at the (swappable) Application model.
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
+OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth2_provider.RefreshToken"
+OAUTH2_PROVIDER_ID_TOKEN_MODEL = "oauth2_provider.IDToken"
+OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"
+OAUTH2_PROVIDER = {
+    "SCOPES_BACKEND_CLASS": "bxos.api.oauth.ClientScopes",
+    "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("API_TOKEN_SECONDS", default=3600),
+    # Client secrets are stored hashed and shown once, when created or rotated.
+    "PKCE_REQUIRED": True,
+}
+API = {
+    "MAX_PAGE_SIZE": 1000,
+    "DEFAULT_PAGE_SIZE": 100,
 }
 
 # --- Logging -------------------------------------------------------------------------------

@@ -12,5 +12,6 @@ admin.site.index_title = "District administration"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+    path("api/v1/", include(("bxos.api.urls", "api"), namespace="v1")),
     path("healthz", healthz, name="healthz"),
 ]

@@ -292,6 +292,24 @@ def build_district(code: str) -> SimpleNamespace:
             planned_end_date=date(2026, 12, 18),
             confidential_notes="Family situation discussed with counselor.",
         )
+    from bxos.api.models import FieldProfile
+    from bxos.api.services import api_client_create
+
+    w.field_profile = FieldProfile.objects.create(
+        district=w.district, name="Roster only", fields={"students": ["firstName"]}
+    )
+    w.api_client, w.api_secret = api_client_create(
+        actor=actor,
+        district=w.district,
+        name=f"{code.title()} Reading App",
+        contact_name="Ron",
+        contact_email="ron@reading.example",
+        purpose="Reading groups",
+        contract_end_date=date(2027, 6, 30),
+        scopes=["roster.readonly"],
+        status="production",
+        field_profile=w.field_profile,
+    )
     w.now = timezone.now()
     w.later = w.now + timedelta(days=1)
     return w

@@ -123,3 +123,21 @@ def _restrict_for_user(queryset: QuerySet, user, action: str, gate: Gate) -> Que
         elif gate.school is not None:
             grant |= _dimension_q(gate.school, roles.section_school_ids_of(user))
     return queryset.filter(grant)
+
+
+def restrict_for_client(
+    queryset: QuerySet, *, district_id: int, school_ids: list[int], action: str, can_write: bool
+) -> QuerySet:
+    """The gate for an external client: its district, its allowed schools (all when the list
+    is empty), and writes only with a write scope. Which resources a client may read at all is
+    decided by its scopes, in the API's permission classes."""
+    if action != VIEW and not can_write:
+        return queryset.none()
+    gate: Gate = queryset.model.gate
+    in_district = Q(**{gate.district: district_id})
+    if gate.shared_when_district_null and action == VIEW:
+        in_district |= Q(**{f"{gate.district}__isnull": True})
+    queryset = queryset.filter(in_district)
+    if school_ids and gate.school is not None:
+        queryset = queryset.filter(_dimension_q(gate.school, school_ids))
+    return queryset

@@ -26,6 +26,9 @@ _ALL = "vacd"
 ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
     DISTRICT_ADMIN: {
         "common.AccessLogEntry": "v",
+        "api.ApiClient": "vacd",
+        "api.FieldProfile": "vacd",
+        "api.DisclosureLogEntry": "v",
         "schools.District": "vc",
         "schools.School": _ALL,
         "schools.AcademicSession": _ALL,

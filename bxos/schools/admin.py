@@ -151,6 +151,11 @@ class StudentAdmin(TenantAdmin):
             ("daily attendance", "admin:schools_dailyattendance_changelist", "student__id__exact"),
             ("grades", "admin:schools_grade_changelist", "student__id__exact"),
             ("access log", "admin:common_accesslogentry_changelist", "student_id"),
+            (
+                "who received this student's data",
+                "admin:api_disclosurelogentry_changelist",
+                "student",
+            ),
         ]
         return format_html(
             " · ".join(['<a href="{}?{}={}">{}</a>'] * len(links)),

@@ -12,6 +12,7 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 
+from bxos.api.models import ApiClient, DisclosureLogEntry, FieldProfile
 from bxos.behavior import models as bm
 from bxos.common.admin import TenantAdmin
 from bxos.common.models import AccessLogEntry
@@ -31,7 +32,7 @@ DISTRICT_WIDE = "district-wide"
 def facts(obj):
     """(schools, students, section) an object belongs to, or DISTRICT_WIDE."""
     m = type(obj)
-    if m in (sm.District, sm.AcademicSession, bm.Descriptor):
+    if m in (sm.District, sm.AcademicSession, bm.Descriptor, ApiClient, FieldProfile):
         return DISTRICT_WIDE
     if m is sm.School:
         return {obj.pk}, None, None
@@ -66,6 +67,8 @@ def facts(obj):
         return {obj.request.school_id}, {obj.request.student_id}, None
     if m is AccessLogEntry:
         return set(), {obj.student_id}, None
+    if m is DisclosureLogEntry:
+        return set(), set(obj.student_ids), None
     raise AssertionError(f"no facts for {m}")
 
 
@@ -108,7 +111,7 @@ def admin_models():
     return [
         model
         for model, model_admin in admin.site._registry.items()
-        if isinstance(model_admin, TenantAdmin) or model is AccessLogEntry
+        if isinstance(model_admin, TenantAdmin) or model in (AccessLogEntry, DisclosureLogEntry)
     ]
 
 
@@ -116,6 +119,8 @@ def objects_of(model, worlds):
     ids = [w.district.pk for w in worlds]
     if model is sm.District:
         return list(model.objects.filter(pk__in=ids))
+    if model is DisclosureLogEntry:
+        return list(model.objects.filter(district_id__in=ids))
     if model is bm.Descriptor:
         # District rows, plus a sample of the shipped defaults every district shares.
         return list(model.objects.filter(district_id__in=ids)) + list(
@@ -147,6 +152,15 @@ def worlds(north, south, client, system):
             student_id=w.a1.pk,
             object_table="schools_student",
             object_id=w.a1.pk,
+        )
+        DisclosureLogEntry.objects.create(
+            client=w.api_client,
+            district_id=w.district.pk,
+            purpose="Reading groups",
+            endpoint="/api/v1/students",
+            student_ids=[w.a1.pk],
+            count=1,
+            request_id="r1",
         )
     return north, south
 

@@ -1,0 +1,172 @@
+"""Admin of API clients, field profiles and the disclosure log."""
+
+from __future__ import annotations
+
+import csv
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.postgres.forms import SimpleArrayField  # noqa: F401  (kept for overrides)
+from django.http import StreamingHttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from bxos.api import scopes, services
+from bxos.api.models import ApiClient, DisclosureLogEntry, FieldProfile
+from bxos.common.admin import GateMixin, ReadOnlyAdmin, TenantAdmin
+
+
+class ApiClientForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=scopes.scope_choices(), required=False, widget=forms.CheckboxSelectMultiple
+    )
+
+    class Meta:
+        model = ApiClient
+        fields = [
+            "name",
+            "contact_name",
+            "contact_email",
+            "purpose",
+            "contract_end_date",
+            "status",
+            "allowed_schools",
+            "scopes",
+            "field_profile",
+            "rate_per_minute",
+            "rate_per_hour",
+        ]
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(TenantAdmin):
+    form = ApiClientForm
+    list_display = ["name", "status", "contract_end_date", "scope_list", "client_id", "revoked"]
+    list_filter = ["status"]
+    search_fields = ["name", "contact_name", "contact_email", "application__client_id"]
+    filter_horizontal = ["allowed_schools"]
+    readonly_fields = ["client_id", "revoked_at", "disclosures_link"]
+    actions = ["rotate_secret", "revoke"]
+
+    @admin.display(description="client id")
+    def client_id(self, obj):
+        return obj.application.client_id if obj.application_id else "—"
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes) or "—"
+
+    @admin.display(description="revoked", boolean=True)
+    def revoked(self, obj):
+        return obj.revoked_at is not None
+
+    @admin.display(description="disclosures")
+    def disclosures_link(self, obj):
+        if not obj.pk:
+            return "—"
+        url = reverse("admin:api_disclosurelogentry_changelist") + f"?client__id__exact={obj.pk}"
+        return format_html('<a href="{}">Every disclosure to this client</a>', url)
+
+    def save_model(self, request, obj, form, change):
+        secret = None
+        if not change:
+            secret = services.api_client_attach_credentials(actor=request.user, client=obj)
+        super().save_model(request, obj, form, change)
+        if secret:
+            messages.warning(
+                request,
+                f"Client id {obj.application.client_id}; client secret {secret} — copy it now: "
+                "it is stored hashed and will not be shown again.",
+            )
+
+    @admin.action(description="Rotate the secret (old secret and tokens stop at once)")
+    def rotate_secret(self, request, queryset):
+        for client in queryset:
+            secret = services.api_client_rotate_secret(actor=request.user, client=client)
+            messages.warning(request, f"{client}: new client secret {secret} — copy it now.")
+
+    @admin.action(description="Revoke (every token stops at once)")
+    def revoke(self, request, queryset):
+        for client in queryset:
+            services.api_client_revoke(actor=request.user, client=client)
+        messages.success(request, f"Revoked {queryset.count()} client(s).")
+
+
+@admin.register(FieldProfile)
+class FieldProfileAdmin(TenantAdmin):
+    list_display = ["name", "description"]
+    search_fields = ["name"]
+
+
+class Echo:
+    def write(self, value):
+        return value
+
+
+@admin.register(DisclosureLogEntry)
+class DisclosureLogEntryAdmin(GateMixin, ReadOnlyAdmin):
+    """Who received which students' data, when and why; exportable as CSV."""
+
+    list_display = ["at", "client", "endpoint", "count", "purpose_short", "request_id"]
+    list_filter = ["client"]
+    date_hierarchy = "at"
+    show_full_result_count = False
+    actions = ["export_csv"]
+
+    @admin.display(description="purpose")
+    def purpose_short(self, obj):
+        return obj.purpose[:80]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request).select_related("client")
+        student = request.GET.get("student")
+        if student and student.isdigit():
+            queryset = queryset.filter(student_ids__contains=[int(student)])
+        return queryset
+
+    def lookup_allowed(self, lookup, value, request=None):
+        return lookup == "student" or super().lookup_allowed(lookup, value, request)
+
+    def get_changelist(self, request, **kwargs):
+        # "student" is handled in get_queryset, not as a field lookup of the changelist.
+        from django.contrib.admin.views.main import ChangeList
+
+        class StudentAwareChangeList(ChangeList):
+            def get_filters_params(self, params=None):
+                params = super().get_filters_params(params)
+                params.pop("student", None)
+                return params
+
+        return StudentAwareChangeList
+
+    @admin.action(description="Export the selected disclosures as CSV")
+    def export_csv(self, request, queryset):
+        writer = csv.writer(Echo())
+        header = [
+            "time",
+            "client",
+            "purpose",
+            "endpoint",
+            "query",
+            "student ids",
+            "count",
+            "request id",
+        ]
+        rows = (
+            [
+                d.at.isoformat(),
+                d.client.name,
+                d.purpose,
+                d.endpoint,
+                d.query,
+                " ".join(map(str, d.student_ids)),
+                d.count,
+                d.request_id,
+            ]
+            for d in queryset.iterator()
+        )
+        response = StreamingHttpResponse(
+            (writer.writerow(r) for r in [header, *rows]), content_type="text/csv"
+        )
+        response["Content-Disposition"] = 'attachment; filename="disclosures.csv"'
+        return response

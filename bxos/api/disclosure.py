@@ -1,0 +1,25 @@
+"""The record of disclosures (34 CFR 99.32): one row per response carrying student data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bxos.api.models import ApiClient, DisclosureLogEntry
+
+
+def disclosure_record(*, client: ApiClient, request, student_ids: Iterable[int]) -> None:
+    """Write one disclosure row for this response; nothing when no student's data was sent."""
+    ids = sorted({i for i in student_ids if i is not None})
+    if not ids:
+        return
+    DisclosureLogEntry.objects.create(
+        client=client,
+        district_id=client.district_id,
+        purpose=client.purpose,
+        endpoint=request.path[:200],
+        method=request.method,
+        query=request.META.get("QUERY_STRING", "")[:2000],
+        student_ids=ids,
+        count=len(ids),
+        request_id=getattr(request, "request_id", "")[:64],
+    )

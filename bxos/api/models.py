@@ -1,0 +1,187 @@
+"""API clients (vendors as FERPA school officials), field profiles and the disclosure log."""
+
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import BrinIndex, GinIndex
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from bxos.api import scopes
+from bxos.api.choices import ACTIVE_STATUSES, ClientStatus
+from bxos.common.constraints import FieldConstraintErrors, in_range, on_field, valid_code
+from bxos.common.permissions import VIEW, Gate, restrict_for_client
+
+
+class FieldProfile(FieldConstraintErrors, models.Model):
+    """Which fields of each resource a client receives (data minimisation).
+
+    ``fields`` maps a resource name to the list of fields it may receive; a resource missing
+    from the map is sent whole. ``id`` and ``changeVersion`` are always sent.
+    """
+
+    district = models.ForeignKey("schools.District", on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    fields = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='For example {"students": ["studentNumber", "firstName", "lastName", '
+        '"gradeLevel"]}.',
+    )
+
+    gate = Gate()
+    event_prefix = "field_profile"
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["district", "name"],
+                name="field_profile_unique_name",
+                violation_error_message="This district has a profile with this name.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiClient(FieldConstraintErrors, models.Model):
+    """A vendor's access to one district: a school official only while under contract.
+
+    The OAuth2 credentials live in django-oauth-toolkit's Application (secret stored hashed).
+    A client is also an actor for the permission gate: it sees its district, its allowed
+    schools (all when none are listed) and what its scopes cover.
+    """
+
+    district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
+    application = models.OneToOneField(
+        "oauth2_provider.Application",
+        on_delete=models.PROTECT,
+        related_name="api_client",
+        editable=False,
+    )
+    name = models.CharField("vendor name", max_length=150)
+    contact_name = models.CharField(max_length=150)
+    contact_email = models.EmailField()
+    purpose = models.TextField(
+        help_text="The legitimate educational interest in the contract; cited in every "
+        "disclosure record."
+    )
+    contract_end_date = models.DateField(help_text="Access stops at the end of this day.")
+    status = models.CharField(
+        max_length=12, choices=ClientStatus.choices, default=ClientStatus.DEVELOPMENT
+    )
+    allowed_schools = models.ManyToManyField(
+        "schools.School",
+        blank=True,
+        related_name="+",
+        help_text="Empty: every school of the district.",
+    )
+    scopes = ArrayField(
+        models.CharField(max_length=40, choices=scopes.scope_choices()), default=list, blank=True
+    )
+    field_profile = models.ForeignKey(
+        FieldProfile, null=True, blank=True, on_delete=models.SET_NULL, related_name="clients"
+    )
+    rate_per_minute = models.PositiveIntegerField(default=600)
+    rate_per_hour = models.PositiveIntegerField(default=20000)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    gate = Gate()
+    event_prefix = "api_client"
+    # A client is the authenticated principal of an API request (request.user in DRF).
+    is_authenticated = True
+    is_active = True
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API client"
+        constraints = [
+            valid_code("status", ClientStatus, name="api_client_status_valid"),
+            in_range(
+                "rate_per_minute", 1, 1_000_000, name="api_client_rate_minute_range", nullable=False
+            ),
+            in_range(
+                "rate_per_hour", 1, 100_000_000, name="api_client_rate_hour_range", nullable=False
+            ),
+            on_field(
+                "scopes",
+                models.CheckConstraint(
+                    condition=Q(scopes__contained_by=list(scopes.SCOPES)),
+                    name="api_client_scopes_known",
+                    violation_error_message="Unknown scope; choose from: "
+                    + ", ".join(scopes.SCOPES)
+                    + ".",
+                ),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # --- access ---------------------------------------------------------------------------
+
+    def access_problem(self, today=None) -> str | None:
+        """Why this client's tokens do not work now, or None when they do."""
+        today = today or timezone.localdate()
+        if self.revoked_at is not None:
+            return "the client's credentials were revoked"
+        if self.status not in ACTIVE_STATUSES:
+            return f"the client is {self.get_status_display().lower()}"
+        if self.contract_end_date < today:
+            return f"the contract ended on {self.contract_end_date}"
+        return None
+
+    def allowed_school_ids(self) -> list[int]:
+        if not hasattr(self, "_allowed_school_ids"):
+            self._allowed_school_ids = list(self.allowed_schools.values_list("pk", flat=True))
+        return self._allowed_school_ids
+
+    def restrict_queryset(self, queryset, action: str = VIEW):
+        """The permission gate for a client actor (see bxos.common.permissions)."""
+        return restrict_for_client(
+            queryset,
+            district_id=self.district_id,
+            school_ids=self.allowed_school_ids(),
+            action=action,
+            can_write=bool(set(self.scopes) & scopes.WRITE_SCOPES),
+        )
+
+
+class DisclosureLogEntry(models.Model):
+    """One response that carried students' data to an external client (34 CFR 99.32).
+
+    Written in the same request, one row per response; ``student_ids`` answers "who received
+    this student's data" through a GIN index.
+    """
+
+    at = models.DateTimeField(default=timezone.now)
+    client = models.ForeignKey(ApiClient, on_delete=models.PROTECT, related_name="disclosures")
+    district_id = models.BigIntegerField()
+    purpose = models.TextField()
+    endpoint = models.CharField(max_length=200)
+    method = models.CharField(max_length=8, default="GET")
+    query = models.CharField(max_length=2000, blank=True)
+    student_ids = ArrayField(models.BigIntegerField(), default=list)
+    count = models.PositiveIntegerField()
+    request_id = models.CharField(max_length=64)
+
+    gate = Gate(district="district_id")
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = "disclosure"
+        verbose_name_plural = "disclosure log"
+        indexes = [
+            BrinIndex(fields=["at"], name="disclosure_at_brin"),
+            GinIndex(fields=["student_ids"], name="disclosure_students_gin"),
+            models.Index(fields=["client", "at"], name="disclosure_client_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client} {self.endpoint} ({self.count} students) at {self.at:%Y-%m-%d %H:%M}"
