@@ -185,3 +185,119 @@ class DisclosureLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client} {self.endpoint} ({self.count} students) at {self.at:%Y-%m-%d %H:%M}"
+
+
+class ThrottleRule(FieldConstraintErrors, models.Model):
+    """A rate limit, edited by district admins: for one client, a scope, an endpoint group, or
+    (all empty) every client of the district. The strictest matching rule applies."""
+
+    district = models.ForeignKey("schools.District", on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    client = models.ForeignKey(
+        ApiClient, null=True, blank=True, on_delete=models.CASCADE, related_name="throttle_rules"
+    )
+    scope = models.CharField(max_length=40, blank=True, choices=scopes.scope_choices())
+    endpoint_group = models.CharField(
+        max_length=60,
+        blank=True,
+        help_text="A resource name (students, incidents, ...) or 'writes'; empty: every endpoint.",
+    )
+    rate_per_minute = models.PositiveIntegerField()
+    rate_per_hour = models.PositiveIntegerField()
+    burst = models.PositiveIntegerField(
+        default=0, help_text="Extra requests allowed above the per-minute rate in a burst."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    gate = Gate()
+    event_prefix = "throttle_rule"
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            in_range(
+                "rate_per_minute", 1, 1_000_000, name="throttle_rule_minute_range", nullable=False
+            ),
+            in_range(
+                "rate_per_hour", 1, 100_000_000, name="throttle_rule_hour_range", nullable=False
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ThrottleException(FieldConstraintErrors, models.Model):
+    """A temporary override of a client's limits (a roster rebuild, a migration weekend)."""
+
+    district = models.ForeignKey("schools.District", on_delete=models.CASCADE, related_name="+")
+    client = models.ForeignKey(
+        ApiClient, on_delete=models.CASCADE, related_name="throttle_exceptions"
+    )
+    reason = models.TextField()
+    rate_per_minute = models.PositiveIntegerField()
+    rate_per_hour = models.PositiveIntegerField()
+    starts_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    gate = Gate()
+    event_prefix = "throttle_exception"
+
+    class Meta:
+        ordering = ["-starts_at"]
+        constraints = [
+            on_field(
+                "expires_at",
+                models.CheckConstraint(
+                    condition=Q(expires_at__gt=models.F("starts_at")),
+                    name="throttle_exception_expires_after_start",
+                    violation_error_message="An exception must expire after it starts.",
+                ),
+            ),
+            in_range(
+                "rate_per_minute",
+                1,
+                1_000_000,
+                name="throttle_exception_minute_range",
+                nullable=False,
+            ),
+            in_range(
+                "rate_per_hour",
+                1,
+                100_000_000,
+                name="throttle_exception_hour_range",
+                nullable=False,
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client}: {self.rate_per_minute}/min until {self.expires_at:%Y-%m-%d %H:%M}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a write with an Idempotency-Key, replayed for retries.
+
+    A retry with the same key and body gets the stored response; the same key with another
+    body is a 409. Records older than a day are purged.
+    """
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=300)
+    body_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["client", "key"], name="idempotency_key_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client} {self.key}"

@@ -6,5 +6,9 @@ from bxos.common.audit import register_audit
 
 register_audit(m.ApiClient)
 register_audit(m.FieldProfile)
+register_audit(m.ThrottleRule)
+register_audit(m.ThrottleException)
 events.register_crud_events("api_client", "API client")
 events.register_crud_events("field_profile", "field profile")
+events.register_crud_events("throttle_rule", "throttle rule")
+events.register_crud_events("throttle_exception", "throttle exception")

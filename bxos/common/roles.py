@@ -29,6 +29,8 @@ ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
         "api.ApiClient": "vacd",
         "api.FieldProfile": "vacd",
         "api.DisclosureLogEntry": "v",
+        "api.ThrottleRule": "vacd",
+        "api.ThrottleException": "vacd",
         "schools.District": "vc",
         "schools.School": _ALL,
         "schools.AcademicSession": _ALL,
