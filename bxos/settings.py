@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "oauth2_provider",
     "django_celery_beat",
     "guardian",
@@ -181,6 +183,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "bxos.api.errors.problem_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["bxos.api.throttling.ClientRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
 # Named explicitly so that our models can point at the (swappable) Application model.
@@ -198,6 +201,54 @@ OAUTH2_PROVIDER = {
 API = {
     "MAX_PAGE_SIZE": 1000,
     "DEFAULT_PAGE_SIZE": 100,
+    # How long a process uses a client's throttle rules and exceptions before reading them
+    # again: an admin's edit takes effect within this many seconds.
+    "THROTTLE_RULES_TTL_SECONDS": 5,
+}
+
+# --- OpenAPI 3 schema (/api/schema/) and its docs (/api/docs/, /api/redoc/) ------------------
+# drf-spectacular generates the schema; bxos/api/schema.py documents the generic viewsets.
+# Swagger UI and Redoc come from drf-spectacular-sidecar's static files: no CDN.
+from bxos.api.scopes import SCOPES as _API_SCOPES  # noqa: E402  (plain constants, no models)
+
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "BX-OS Integration Hub API",
+    "VERSION": "v1",
+    "DESCRIPTION": (
+        "Read access for vendors to a school district's data: roster, demographics, "
+        "guardians, attendance, grades and behavior.\n\n"
+        "**Authentication.** OAuth2 client credentials: POST your client id and secret to "
+        "`/o/token/` (grant_type=client_credentials, optionally a space-separated `scope`) and "
+        "send the token as `Authorization: Bearer <token>`. Each resource needs one scope; "
+        "a client only ever sees its own district (and its allowed schools).\n\n"
+        "**Change feed.** Lists page by key set (`limit`, `after`). With `minChangeVersion` / "
+        "`maxChangeVersion` a list returns the rows changed in that window, and "
+        "`/{resource}/deletes` the rows deleted in it; `/changes/available` gives the newest "
+        "change version.\n\n"
+        "**Field profiles.** A district can give a client a field profile that removes fields "
+        "from a resource: only `id` and `changeVersion` are always present.\n\n"
+        "**Errors** are RFC 9457 problem details (`application/problem+json`) with the "
+        "request id.\n\n"
+        "**Disclosure log.** Every response that carries student data is recorded in the "
+        "district's disclosure log (client, purpose, endpoint, students), as FERPA asks."
+    ),
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # No call to swagger.io's validator from the docs page.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "OAUTH2_FLOWS": ["clientCredentials"],
+    "OAUTH2_TOKEN_URL": "/o/token/",
+    "OAUTH2_SCOPES": dict(_API_SCOPES),
+    # One name for a code list several fields use (gradeLow, gradeHigh, gradeLevel).
+    "ENUM_NAME_OVERRIDES": {"GradeLevelEnum": "bxos.schools.choices.GradeLevel"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "bxos.api.schema.postprocess",
+    ],
 }
 
 # --- Logging -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Top-level URLs: the admin, OAuth2 endpoints and a health check."""
+"""Top-level URLs: the admin, OAuth2 endpoints, the API and its docs, and a health check."""
 
 from django.contrib import admin
 from django.urls import include, path
 
+from bxos.api.schema import RedocView, SchemaView, SwaggerView
 from bxos.common.views import healthz
 
 admin.site.site_header = "BX-OS Integration Hub"
@@ -13,5 +14,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("api/v1/", include(("bxos.api.urls", "api"), namespace="v1")),
+    # OpenAPI 3 schema and its docs; public (no token): the schema holds no data.
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
     path("healthz", healthz, name="healthz"),
 ]

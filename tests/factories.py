@@ -310,6 +310,24 @@ def build_district(code: str) -> SimpleNamespace:
         status="production",
         field_profile=w.field_profile,
     )
+    from bxos.api.models import ThrottleException, ThrottleRule
+
+    w.throttle_rule = ThrottleRule.objects.create(
+        district=w.district,
+        name="Incidents at night",
+        endpoint_group="incidents",
+        rate_per_minute=100000,
+        rate_per_hour=1000000,
+    )
+    w.throttle_exception = ThrottleException.objects.create(
+        district=w.district,
+        client=w.api_client,
+        reason="Roster rebuild weekend",
+        rate_per_minute=100000,
+        rate_per_hour=1000000,
+        starts_at=timezone.now() - timedelta(days=30),
+        expires_at=timezone.now() - timedelta(days=29),
+    )
     w.now = timezone.now()
     w.later = w.now + timedelta(days=1)
     return w

@@ -170,3 +170,146 @@ class DisclosureLogEntryAdmin(GateMixin, ReadOnlyAdmin):
         )
         response["Content-Disposition"] = 'attachment; filename="disclosures.csv"'
         return response
+
+
+# --- rate limits (see bxos.api.throttling) -----------------------------------------------------
+
+from django.utils import timezone  # noqa: E402
+from django.utils.html import format_html_join  # noqa: E402
+from django.utils.safestring import mark_safe  # noqa: E402
+
+from bxos.api.models import ThrottleException, ThrottleRule  # noqa: E402
+from bxos.api.resources import RESOURCES  # noqa: E402
+from bxos.api.throttling import META_GROUP, WRITES_GROUP, describe_limits  # noqa: E402
+
+
+def endpoint_group_choices() -> list[tuple[str, str]]:
+    """The endpoint groups a rule can name; a free-text typo would silently match nothing."""
+    return [
+        ("", "Every endpoint"),
+        (WRITES_GROUP, "Writes (every method but GET)"),
+        (META_GROUP, "Meta (changes/available)"),
+        *[(resource.name, resource.name) for resource in RESOURCES],
+    ]
+
+
+class SameDistrictClientForm(forms.ModelForm):
+    """The client of a rule or exception must belong to its district (a superuser chooses
+    both; a district's people are only offered their own clients)."""
+
+    def clean(self):
+        cleaned = super().clean()
+        client = cleaned.get("client")
+        if "district" in self.fields:
+            district = cleaned.get("district")
+            district_id = district.pk if district is not None else None
+        else:
+            district_id = self.instance.district_id
+        if client is not None and district_id is not None and client.district_id != district_id:
+            self.add_error("client", "This client belongs to another district.")
+        return cleaned
+
+
+class ThrottleRuleForm(SameDistrictClientForm):
+    endpoint_group = forms.ChoiceField(
+        choices=endpoint_group_choices,
+        required=False,
+        help_text="A resource, every write, or empty for every endpoint.",
+    )
+
+    class Meta:
+        model = ThrottleRule
+        fields = [
+            "district",
+            "name",
+            "client",
+            "scope",
+            "endpoint_group",
+            "rate_per_minute",
+            "burst",
+            "rate_per_hour",
+            "is_active",
+        ]
+
+
+@admin.register(ThrottleRule)
+class ThrottleRuleAdmin(TenantAdmin):
+    """Rate limits for every client of the district, one client, a scope or endpoint group;
+    the strictest matching rule applies, within seconds of a save."""
+
+    form = ThrottleRuleForm
+    list_display = [
+        "name",
+        "client_label",
+        "scope",
+        "endpoint_group",
+        "rate_per_minute",
+        "burst",
+        "rate_per_hour",
+        "is_active",
+    ]
+    list_filter = ["is_active", "scope", "client"]
+    search_fields = ["name", "client__name", "endpoint_group"]
+    autocomplete_fields = ["client"]
+
+    @admin.display(description="client", ordering="client__name")
+    def client_label(self, obj):
+        return obj.client or "Every client"
+
+
+class ThrottleExceptionForm(SameDistrictClientForm):
+    class Meta:
+        model = ThrottleException
+        fields = [
+            "district",
+            "client",
+            "reason",
+            "rate_per_minute",
+            "rate_per_hour",
+            "starts_at",
+            "expires_at",
+        ]
+
+
+@admin.register(ThrottleException)
+class ThrottleExceptionAdmin(TenantAdmin):
+    """Temporary limits of one client that replace every other limit until they expire."""
+
+    form = ThrottleExceptionForm
+    list_display = [
+        "client",
+        "rate_per_minute",
+        "rate_per_hour",
+        "starts_at",
+        "expires_at",
+        "is_live",
+        "reason_short",
+    ]
+    list_filter = ["client"]
+    search_fields = ["client__name", "reason"]
+    autocomplete_fields = ["client"]
+    date_hierarchy = "starts_at"
+
+    @admin.display(description="live now", boolean=True)
+    def is_live(self, obj):
+        return obj.starts_at <= timezone.now() < obj.expires_at
+
+    @admin.display(description="reason")
+    def reason_short(self, obj):
+        return obj.reason[:80]
+
+
+class ApiClientWithLimitsAdmin(ApiClientAdmin):
+    """The client page, plus the rate limits that apply to the client now."""
+
+    readonly_fields = [*ApiClientAdmin.readonly_fields, "rate_limits"]
+
+    @admin.display(description="rate limits now")
+    def rate_limits(self, obj):
+        if not obj.pk:
+            return "—"
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in describe_limits(obj)))
+
+
+admin.site.unregister(ApiClient)
+admin.site.register(ApiClient, ApiClientWithLimitsAdmin)

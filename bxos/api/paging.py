@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from bxos.api.errors import BadParameter
-from bxos.common.db import current_change_version
+from bxos.common.db import safe_change_version
 
 PAGING_PARAMS = {"limit", "after", "minChangeVersion", "maxChangeVersion"}
 
@@ -60,12 +60,16 @@ def _decode_cursor(raw: str) -> dict:
         key = data["k"]
         if not (isinstance(key, list) and key and all(isinstance(v, int) for v in key)):
             raise ValueError
+        for bound in ("min", "max"):
+            if data.get(bound) is not None and not isinstance(data[bound], int):
+                raise ValueError
         return data
     except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError):
         raise BadParameter("after", "is not a cursor this API issued") from None
 
 
-def parse_page(request, allowed_filters: set[str]) -> Page:
+def parse_page(request, allowed_filters: set[str], *, windowed: bool = False) -> Page:
+    """The page a request asks for. ``windowed`` lists (deletes) always walk a change window."""
     unknown = sorted(set(request.query_params) - PAGING_PARAMS - allowed_filters)
     if unknown:
         known = ", ".join(sorted(PAGING_PARAMS | allowed_filters))
@@ -87,9 +91,15 @@ def parse_page(request, allowed_filters: set[str]) -> Page:
         raise BadParameter(
             "minChangeVersion", f"must not be greater than maxChangeVersion ({min_cv} > {max_cv})"
         )
+    if windowed and min_cv is None:
+        min_cv = 0
     page = Page(limit=limit, capped=capped, min_cv=min_cv, max_cv=max_cv, after=after)
     if page.by_change_version and page.max_cv is None:
-        page.max_cv = current_change_version()
+        page.max_cv = safe_change_version()
+        if page.min_cv is not None and page.min_cv > page.max_cv:
+            # Nothing newer is safely committed yet: an empty window that keeps the client's
+            # place (its next minChangeVersion stays where it is).
+            page.max_cv = page.min_cv - 1
     if after is not None and len(after) != (2 if page.by_change_version else 1):
         raise BadParameter("after", "does not belong to this kind of list")
     return page

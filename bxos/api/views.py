@@ -15,14 +15,15 @@ from bxos.api.disclosure import disclosure_record
 from bxos.api.errors import BadParameter
 from bxos.api.paging import apply_page, page_meta, parse_page
 from bxos.api.resources import RESOURCES, Resource
-from bxos.common.db import current_change_version
+from bxos.api.throttling import RateLimitHeadersMixin
+from bxos.common.db import safe_change_version
 from bxos.common.models import Tombstone
 from bxos.common.permissions import VIEW, restrict
 
 STUDENT_KEY = "__student"
 
 
-class ResourceViewSet(viewsets.ViewSet):
+class ResourceViewSet(RateLimitHeadersMixin, viewsets.ViewSet):
     resource: Resource
 
     def required_scope(self, request) -> str:
@@ -56,6 +57,8 @@ class ResourceViewSet(viewsets.ViewSet):
             raw = request.query_params.get(param)
             if raw is None:
                 continue
+            if "\x00" in raw:
+                raise BadParameter(param, "must not contain NUL characters")
             if lookup.endswith("_id") or lookup == "id":
                 try:
                     raw = int(raw)
@@ -97,9 +100,7 @@ class ResourceViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["get"], url_path="deletes")
     def deletes(self, request, *args, **kwargs):
         """Tombstones of this resource in the change window (Ed-Fi style /deletes)."""
-        page = parse_page(request, set())
-        if not page.by_change_version:
-            page.min_cv, page.max_cv = 0, current_change_version()
+        page = parse_page(request, set(), windowed=True)
         queryset = apply_page(
             Tombstone.objects.filter(
                 table_name=self.resource.model._meta.db_table, district_id=request.user.district_id
@@ -134,11 +135,26 @@ VIEWSETS: dict[str, type[ResourceViewSet]] = {
 }
 
 
-class ChangesAvailableView(APIView):
+def api_not_found(request, *args, **kwargs):
+    """Any other path under /api/v1/: a problem+json 404, like every API error."""
+    from django.http import JsonResponse
+
+    body = {
+        "type": "urn:bxos:problem:not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": f"There is no API resource at {request.path}.",
+        "instance": request.path,
+        "requestId": getattr(request, "request_id", None),
+    }
+    return JsonResponse(body, status=404, content_type="application/problem+json")
+
+
+class ChangesAvailableView(RateLimitHeadersMixin, APIView):
     """The change versions a client can ask for: oldest and newest."""
 
     def required_scope(self, request):
         return None
 
     def get(self, request, *args, **kwargs):
-        return Response({"oldestChangeVersion": 0, "newestChangeVersion": current_change_version()})
+        return Response({"oldestChangeVersion": 0, "newestChangeVersion": safe_change_version()})

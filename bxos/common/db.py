@@ -24,6 +24,11 @@ SEQUENCE = "bxos_change_version"
 CREATE_FUNCTIONS = f"""
 CREATE SEQUENCE IF NOT EXISTS {SEQUENCE};
 
+CREATE TABLE IF NOT EXISTS bxos_change_horizon (
+    id integer PRIMARY KEY CHECK (id = 1),
+    safe_version bigint NOT NULL
+);
+
 CREATE OR REPLACE FUNCTION bxos_stamp_change_version() RETURNS trigger AS $$
 BEGIN
     -- Maintenance that changes no data a consumer sees (key rotation) sets this for its
@@ -32,6 +37,10 @@ BEGIN
         NEW.change_version := OLD.change_version;
         RETURN NEW;
     END IF;
+    -- Take a transaction id before the version, so that a reader fixing an upper bound sees
+    -- this transaction as in flight whenever its version is at or below the bound
+    -- (see safe_change_version()).
+    PERFORM pg_current_xact_id();
     NEW.change_version := nextval('{SEQUENCE}');
     RETURN NEW;
 END
@@ -50,6 +59,7 @@ $$ LANGUAGE plpgsql;
 """
 
 DROP_FUNCTIONS = f"""
+DROP TABLE IF EXISTS bxos_change_horizon;
 DROP FUNCTION IF EXISTS bxos_write_tombstones() CASCADE;
 DROP FUNCTION IF EXISTS bxos_stamp_change_version() CASCADE;
 DROP SEQUENCE IF EXISTS {SEQUENCE};
@@ -102,6 +112,49 @@ def keeping_change_versions() -> Iterator[None]:
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT set_config('bxos.keep_change_version', 'off', true)")
+
+
+def safe_change_version(wait_seconds: float = 5.0) -> int:
+    """The newest change version below which every change is committed and visible.
+
+    ``current_change_version()`` is not safe as a change feed's upper bound: a writer may have
+    stamped a version and not committed yet, and a reader paging past it would skip the row
+    for good. The stamping trigger gives its transaction an id *before* taking a version, so:
+    read the current version first, then the transactions of this database that hold an id,
+    and wait for just those to end. Writers that start later get higher versions and need no
+    wait. If those transactions outlast ``wait_seconds`` (a long sync merge), the last safe
+    version any process found is returned: older, never wrong.
+    """
+    import time as _time
+
+    in_flight_sql = (
+        "SELECT coalesce(array_agg(backend_xid::text), '{}') FROM pg_stat_activity "
+        "WHERE datname = current_database() AND backend_xid IS NOT NULL "
+        "AND pid <> pg_backend_pid()"
+    )
+    deadline = _time.monotonic() + wait_seconds
+    with connection.cursor() as cursor:
+        version = current_change_version()
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(in_flight_sql)
+        waiting = cursor.fetchone()[0]
+        while waiting:
+            if _time.monotonic() >= deadline:
+                cursor.execute("SELECT safe_version FROM bxos_change_horizon WHERE id = 1")
+                row = cursor.fetchone()
+                return min(row[0], version) if row else 0
+            _time.sleep(0.005)
+            # Statistics views are snapshotted per transaction: clear it to see live values.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(in_flight_sql + " AND backend_xid = ANY(%s::xid[])", [waiting])
+            waiting = cursor.fetchone()[0]
+        cursor.execute(
+            "INSERT INTO bxos_change_horizon (id, safe_version) VALUES (1, %s) "
+            "ON CONFLICT (id) DO UPDATE SET safe_version = "
+            "GREATEST(bxos_change_horizon.safe_version, EXCLUDED.safe_version)",
+            [version],
+        )
+    return version
 
 
 def current_change_version() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 # name -> (task, every N minutes)
 DEFAULT_SCHEDULES: dict[str, tuple[str, int]] = {
     "Escalate overdue behavior support requests": ("behavior.escalate_overdue_bsrs", 15),
+    "Purge old API rate-limit counters": ("api.purge_rate_counters", 30),
 }
 
 

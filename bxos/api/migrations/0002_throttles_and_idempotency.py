@@ -7,69 +7,203 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('api', '0001_initial'),
-        ('schools', '0002_student_search_and_gate_indexes'),
+        ("api", "0001_initial"),
+        ("schools", "0002_student_search_and_gate_indexes"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='IdempotencyRecord',
+            name="IdempotencyRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=255)),
-                ('method', models.CharField(max_length=8)),
-                ('path', models.CharField(max_length=300)),
-                ('body_hash', models.CharField(max_length=64)),
-                ('status_code', models.PositiveSmallIntegerField()),
-                ('response_body', models.JSONField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='api.apiclient')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(max_length=255)),
+                ("method", models.CharField(max_length=8)),
+                ("path", models.CharField(max_length=300)),
+                ("body_hash", models.CharField(max_length=64)),
+                ("status_code", models.PositiveSmallIntegerField()),
+                ("response_body", models.JSONField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="api.apiclient",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'constraints': [models.UniqueConstraint(fields=('client', 'key'), name='idempotency_key_unique')],
+                "ordering": ["-created_at"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("client", "key"), name="idempotency_key_unique")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ThrottleException',
+            name="ThrottleException",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reason', models.TextField()),
-                ('rate_per_minute', models.PositiveIntegerField()),
-                ('rate_per_hour', models.PositiveIntegerField()),
-                ('starts_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('expires_at', models.DateTimeField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='throttle_exceptions', to='api.apiclient')),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='schools.district')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("reason", models.TextField()),
+                ("rate_per_minute", models.PositiveIntegerField()),
+                ("rate_per_hour", models.PositiveIntegerField()),
+                ("starts_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("expires_at", models.DateTimeField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="throttle_exceptions",
+                        to="api.apiclient",
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-starts_at'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('expires_at__gt', models.F('starts_at'))), name='throttle_exception_expires_after_start', violation_error_message='An exception must expire after it starts.'), models.CheckConstraint(condition=models.Q(('rate_per_minute__gte', 1), ('rate_per_minute__lte', 1000000)), name='throttle_exception_minute_range', violation_error_message='Rate per minute must be between 1 and 1000000.'), models.CheckConstraint(condition=models.Q(('rate_per_hour__gte', 1), ('rate_per_hour__lte', 100000000)), name='throttle_exception_hour_range', violation_error_message='Rate per hour must be between 1 and 100000000.')],
+                "ordering": ["-starts_at"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("expires_at__gt", models.F("starts_at"))),
+                        name="throttle_exception_expires_after_start",
+                        violation_error_message="An exception must expire after it starts.",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("rate_per_minute__gte", 1), ("rate_per_minute__lte", 1000000)
+                        ),
+                        name="throttle_exception_minute_range",
+                        violation_error_message="Rate per minute must be between 1 and 1000000.",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("rate_per_hour__gte", 1), ("rate_per_hour__lte", 100000000)
+                        ),
+                        name="throttle_exception_hour_range",
+                        violation_error_message="Rate per hour must be between 1 and 100000000.",
+                    ),
+                ],
             },
             bases=(bxos.common.constraints.FieldConstraintErrors, models.Model),
         ),
         migrations.CreateModel(
-            name='ThrottleRule',
+            name="ThrottleRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('scope', models.CharField(blank=True, choices=[('roster.readonly', 'roster.readonly: Schools, sessions, students, staff, enrollments, sections and section enrollments'), ('demographics.readonly', "demographics.readonly: Students' demographics (race/ethnicity, sex, IDEA, 504, English learner)"), ('guardians.readonly', 'guardians.readonly: Guardians and their links to students'), ('attendance.readonly', 'attendance.readonly: Daily and period attendance'), ('grades.readonly', 'grades.readonly: Grades per grading period'), ('behavior.readonly', 'behavior.readonly: Incidents, behavior support requests and interventions'), ('behavior.write', "behavior.write: Create incidents and behavior support requests; move requests' status")], max_length=40)),
-                ('endpoint_group', models.CharField(blank=True, help_text="A resource name (students, incidents, ...) or 'writes'; empty: every endpoint.", max_length=60)),
-                ('rate_per_minute', models.PositiveIntegerField()),
-                ('rate_per_hour', models.PositiveIntegerField()),
-                ('burst', models.PositiveIntegerField(default=0, help_text='Extra requests allowed above the per-minute rate in a burst.')),
-                ('is_active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('client', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='throttle_rules', to='api.apiclient')),
-                ('district', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='schools.district')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "scope",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            (
+                                "roster.readonly",
+                                "roster.readonly: Schools, sessions, students, staff, enrollments, sections and section enrollments",
+                            ),
+                            (
+                                "demographics.readonly",
+                                "demographics.readonly: Students' demographics (race/ethnicity, sex, IDEA, 504, English learner)",
+                            ),
+                            (
+                                "guardians.readonly",
+                                "guardians.readonly: Guardians and their links to students",
+                            ),
+                            (
+                                "attendance.readonly",
+                                "attendance.readonly: Daily and period attendance",
+                            ),
+                            ("grades.readonly", "grades.readonly: Grades per grading period"),
+                            (
+                                "behavior.readonly",
+                                "behavior.readonly: Incidents, behavior support requests and interventions",
+                            ),
+                            (
+                                "behavior.write",
+                                "behavior.write: Create incidents and behavior support requests; move requests' status",
+                            ),
+                        ],
+                        max_length=40,
+                    ),
+                ),
+                (
+                    "endpoint_group",
+                    models.CharField(
+                        blank=True,
+                        help_text="A resource name (students, incidents, ...) or 'writes'; empty: every endpoint.",
+                        max_length=60,
+                    ),
+                ),
+                ("rate_per_minute", models.PositiveIntegerField()),
+                ("rate_per_hour", models.PositiveIntegerField()),
+                (
+                    "burst",
+                    models.PositiveIntegerField(
+                        default=0,
+                        help_text="Extra requests allowed above the per-minute rate in a burst.",
+                    ),
+                ),
+                ("is_active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "client",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="throttle_rules",
+                        to="api.apiclient",
+                    ),
+                ),
+                (
+                    "district",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="schools.district",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('rate_per_minute__gte', 1), ('rate_per_minute__lte', 1000000)), name='throttle_rule_minute_range', violation_error_message='Rate per minute must be between 1 and 1000000.'), models.CheckConstraint(condition=models.Q(('rate_per_hour__gte', 1), ('rate_per_hour__lte', 100000000)), name='throttle_rule_hour_range', violation_error_message='Rate per hour must be between 1 and 100000000.')],
+                "ordering": ["name"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("rate_per_minute__gte", 1), ("rate_per_minute__lte", 1000000)
+                        ),
+                        name="throttle_rule_minute_range",
+                        violation_error_message="Rate per minute must be between 1 and 1000000.",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("rate_per_hour__gte", 1), ("rate_per_hour__lte", 100000000)
+                        ),
+                        name="throttle_rule_hour_range",
+                        violation_error_message="Rate per hour must be between 1 and 100000000.",
+                    ),
+                ],
             },
             bases=(bxos.common.constraints.FieldConstraintErrors, models.Model),
         ),

@@ -12,7 +12,13 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 
-from bxos.api.models import ApiClient, DisclosureLogEntry, FieldProfile
+from bxos.api.models import (
+    ApiClient,
+    DisclosureLogEntry,
+    FieldProfile,
+    ThrottleException,
+    ThrottleRule,
+)
 from bxos.behavior import models as bm
 from bxos.common.admin import TenantAdmin
 from bxos.common.models import AccessLogEntry
@@ -32,7 +38,15 @@ DISTRICT_WIDE = "district-wide"
 def facts(obj):
     """(schools, students, section) an object belongs to, or DISTRICT_WIDE."""
     m = type(obj)
-    if m in (sm.District, sm.AcademicSession, bm.Descriptor, ApiClient, FieldProfile):
+    if m in (
+        sm.District,
+        sm.AcademicSession,
+        bm.Descriptor,
+        ApiClient,
+        FieldProfile,
+        ThrottleRule,
+        ThrottleException,
+    ):
         return DISTRICT_WIDE
     if m is sm.School:
         return {obj.pk}, None, None
