@@ -200,6 +200,8 @@ OAUTH2_PROVIDER = {
 }
 API = {
     "MAX_PAGE_SIZE": 1000,
+    # Largest request body a write accepts (413 above it).
+    "MAX_BODY_BYTES": env.int("API_MAX_BODY_BYTES", default=64 * 1024),
     "DEFAULT_PAGE_SIZE": 100,
     # How long a process uses a client's throttle rules and exceptions before reading them
     # again: an admin's edit takes effect within this many seconds.
@@ -244,7 +246,10 @@ SPECTACULAR_SETTINGS = {
     "OAUTH2_TOKEN_URL": "/o/token/",
     "OAUTH2_SCOPES": dict(_API_SCOPES),
     # One name for a code list several fields use (gradeLow, gradeHigh, gradeLevel).
-    "ENUM_NAME_OVERRIDES": {"GradeLevelEnum": "bxos.schools.choices.GradeLevel"},
+    "ENUM_NAME_OVERRIDES": {
+        "GradeLevelEnum": "bxos.schools.choices.GradeLevel",
+        "BsrStateEnum": "bxos.behavior.choices.BsrState",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "bxos.api.schema.postprocess",

@@ -72,6 +72,8 @@ class ApiClientAdmin(TenantAdmin):
         if not change:
             secret = services.api_client_attach_credentials(actor=request.user, client=obj)
         super().save_model(request, obj, form, change)
+        if not change:
+            services.api_client_service_user(client=obj)
         if secret:
             messages.warning(
                 request,

@@ -89,6 +89,15 @@ class ApiClient(FieldConstraintErrors, models.Model):
     rate_per_minute = models.PositiveIntegerField(default=600)
     rate_per_hour = models.PositiveIntegerField(default=20000)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    service_user = models.OneToOneField(
+        "common.User",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.PROTECT,
+        related_name="api_client",
+        help_text="The named system actor that the audit log records for this client's writes.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -212,8 +212,18 @@ def _serializer(name: str, fields: dict[str, serializers.Field], doc: str):
     return type(f"{name}Serializer", (serializers.Serializer,), {**fields, "__doc__": doc})
 
 
+_SERIALIZERS: dict[str, tuple] = {}
+
+
 def resource_serializers(resource: Resource):
-    """The record, list envelope and item envelope serializers of a resource."""
+    """The record, list envelope and item envelope serializers of a resource (built once: a
+    component must be one class, whichever operation refers to it)."""
+    if resource.name not in _SERIALIZERS:
+        _SERIALIZERS[resource.name] = _build_serializers(resource)
+    return _SERIALIZERS[resource.name]
+
+
+def _build_serializers(resource: Resource):
     name = resource.model.__name__
     record = _serializer(
         name,
@@ -299,6 +309,9 @@ _ERRORS = {
     403: "The token or the client lacks the scope this operation needs; `detail` names it.",
     404: "No record with this id that this client may see (another district's records are "
     "404 too).",
+    409: "The Idempotency-Key was already used with a different request.",
+    413: "The request body is larger than the API accepts.",
+    415: "The body is not application/json.",
     429: "Too many requests; retry after the number of seconds in Retry-After.",
 }
 
@@ -355,8 +368,72 @@ def document_resource(viewset: type[views.ResourceViewSet]) -> type[views.Resour
     )(viewset)
 
 
+IDEMPOTENCY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Makes a retry safe: the first response is stored and replayed for the same key "
+    "and body (with `Idempotent-Replayed: true`); the same key with another body is a 409.",
+)
+
+
+def _created(ok, description: str, errors: tuple[int, ...], status: int = 201) -> dict:
+    responses = _responses(ok, description, errors)
+    if status != 200:
+        responses[(status, JSON)] = responses.pop((200, JSON))
+    return responses
+
+
+def document_writes(viewset):
+    from bxos.api import writes
+
+    resource = viewset.resource
+    name = resource.name
+    _record, _listing, item = resource_serializers(resource)
+    errors = (400, 401, 403, 409, 413, 415, 429)
+    extra = {}
+    if issubclass(viewset, writes.IncidentWrites):
+        extra["create"] = extend_schema(
+            operation_id=f"{name}_create",
+            summary="Record an incident (referral)",
+            description="Needs the scope `behavior.write`. Codes (problemBehavior, location, "
+            "...) are the district's descriptor codes; ids must be visible to the client.",
+            tags=[name],
+            request=writes.IncidentIn,
+            parameters=[IDEMPOTENCY],
+            responses=_created(item, "The new incident.", errors),
+        )
+    if issubclass(viewset, writes.BsrWrites):
+        extra["create"] = extend_schema(
+            operation_id=f"{name}_create",
+            summary="Submit a behavior support request",
+            description="Needs the scope `behavior.write`.",
+            tags=[name],
+            request=writes.BsrIn,
+            parameters=[IDEMPOTENCY],
+            responses=_created(item, "The new request.", errors),
+        )
+        extra["transitions"] = extend_schema(
+            operation_id=f"{name}_transition",
+            summary="Move a request through its workflow",
+            description="Needs the scope `behavior.write`. Allowed moves: submitted → "
+            "triaged/escalated/closed_no_action; triaged → in_progress/escalated/resolved/"
+            "closed_no_action; in_progress → resolved/escalated/closed_no_action; escalated → "
+            "triaged/in_progress/resolved/closed_no_action.",
+            tags=[name],
+            request=writes.BsrTransitionIn,
+            parameters=[
+                IDEMPOTENCY,
+                OpenApiParameter("id", int, OpenApiParameter.PATH, description="Id."),
+            ],
+            responses=_created(item, "The request after the move.", (*errors, 404), status=200),
+        )
+    return extend_schema_view(**extra)(viewset) if extra else viewset
+
+
 for _name, _viewset in list(views.VIEWSETS.items()):
-    views.VIEWSETS[_name] = document_resource(_viewset)
+    views.VIEWSETS[_name] = document_writes(document_resource(_viewset))
 
 views.ChangesAvailableView = extend_schema_view(
     get=extend_schema(

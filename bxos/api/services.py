@@ -58,7 +58,28 @@ def api_client_create(
         )
         model_save(instance=client, actor=actor, emit=False)
         client.allowed_schools.set(allowed_schools)
+        api_client_service_user(client=client)
     return client, secret
+
+
+def api_client_service_user(*, client: ApiClient):
+    """The audit actor of a client's writes: a named system actor that can never sign in."""
+    from bxos.common.models import User
+
+    if client.service_user_id:
+        return client.service_user
+    user, _ = User.objects.get_or_create(
+        username=f"api-client-{client.application.client_id}"[:150],
+        defaults={
+            "is_system_actor": True,
+            "is_active": False,
+            "first_name": client.name[:150],
+            "last_name": "(API client)",
+        },
+    )
+    client.service_user = user
+    client.save(update_fields=["service_user"])
+    return user
 
 
 def api_client_attach_credentials(*, actor, client: ApiClient) -> str:

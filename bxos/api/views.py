@@ -125,10 +125,17 @@ class ResourceViewSet(RateLimitHeadersMixin, viewsets.ViewSet):
         return Response({"data": rows, **page_meta(request, page, last, has_more)})
 
 
+# Resources that take writes get the write mixin in front of the read viewset.
+def _write_mixins(name: str) -> tuple[type, ...]:
+    from bxos.api.writes import BsrWrites, IncidentWrites
+
+    return {"incidents": (IncidentWrites,), "behaviorSupportRequests": (BsrWrites,)}.get(name, ())
+
+
 VIEWSETS: dict[str, type[ResourceViewSet]] = {
     resource.name: type(
         f"{resource.name[0].upper()}{resource.name[1:]}ViewSet",
-        (ResourceViewSet,),
+        (*_write_mixins(resource.name), ResourceViewSet),
         {"resource": resource},
     )
     for resource in RESOURCES

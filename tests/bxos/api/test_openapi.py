@@ -40,7 +40,7 @@ def _problem_responses(operation: dict) -> set[int]:
 
 def test_schema_has_every_resource_with_list_retrieve_and_deletes(schema):
     paths = schema["paths"]
-    expected = {"/api/v1/changes/available"}
+    expected = {"/api/v1/changes/available", "/api/v1/behaviorSupportRequests/{id}/transitions"}
     for resource in RESOURCES:
         base = f"/api/v1/{resource.name}"
         expected |= {base, f"{base}/{{id}}", f"{base}/deletes"}
@@ -48,7 +48,12 @@ def test_schema_has_every_resource_with_list_retrieve_and_deletes(schema):
         assert paths[f"{base}/{{id}}"]["get"]["operationId"] == f"{resource.name}_retrieve"
         assert paths[f"{base}/deletes"]["get"]["operationId"] == f"{resource.name}_deletes"
     assert set(paths) == expected  # nothing undocumented, nothing but the API
-    assert {m for ops in paths.values() for m in ops} == {"get"}
+    writes = {(p, m) for p, ops in paths.items() for m in ops if m != "get"}
+    assert writes == {
+        ("/api/v1/incidents", "post"),
+        ("/api/v1/behaviorSupportRequests", "post"),
+        ("/api/v1/behaviorSupportRequests/{id}/transitions", "post"),
+    }
 
 
 @pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.name)
