@@ -65,6 +65,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # After authentication: records the signed-in user as the audit actor for the request.
     "bxos.common.middleware.AuditActorMiddleware",
+    # Counts API clients' requests per minute (bxos.api.monitoring).
+    "bxos.api.monitoring.ApiMonitoringMiddleware",
 ]
 
 ROOT_URLCONF = "bxos.urls"

@@ -45,7 +45,7 @@ class ApiClientAdmin(TenantAdmin):
     list_filter = ["status"]
     search_fields = ["name", "contact_name", "contact_email", "application__client_id"]
     filter_horizontal = ["allowed_schools"]
-    readonly_fields = ["client_id", "revoked_at", "disclosures_link"]
+    readonly_fields = ["client_id", "revoked_at", "disclosures_link", "last_day"]
     actions = ["rotate_secret", "revoke"]
 
     @admin.display(description="client id")
@@ -66,6 +66,32 @@ class ApiClientAdmin(TenantAdmin):
             return "—"
         url = reverse("admin:api_disclosurelogentry_changelist") + f"?client__id__exact={obj.pk}"
         return format_html('<a href="{}">Every disclosure to this client</a>', url)
+
+    @admin.display(description="requests, last 24 hours")
+    def last_day(self, obj):
+        from django.utils.html import format_html_join
+
+        from bxos.api.monitoring import stats_summary
+
+        if not obj.pk:
+            return "—"
+        rows = stats_summary(client=obj)
+        if not rows:
+            return "No requests in the last 24 hours."
+
+        def ms(value: float) -> str:
+            return "over 5 s" if value == float("inf") else f"≤ {int(value)} ms"
+
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((r.endpoint, r.count, r.errors, ms(r.p50_ms), ms(r.p95_ms)) for r in rows),
+        )
+        return format_html(
+            "<table><thead><tr><th>endpoint</th><th>requests</th><th>errors</th><th>p50</th>"
+            "<th>p95</th></tr></thead><tbody>{}</tbody></table>",
+            body,
+        )
 
     def save_model(self, request, obj, form, change):
         secret = None

@@ -310,3 +310,39 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client} {self.key}"
+
+
+# Upper bounds (ms) of the latency histogram buckets; the last bucket is open-ended.
+LATENCY_BUCKETS_MS = (5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
+
+
+class ApiRequestStat(models.Model):
+    """Requests per minute per client and endpoint: count, errors and a latency histogram.
+
+    One upsert per request (bxos.api.monitoring); percentiles come from the histogram, so
+    rows add up across minutes and processes. The monitoring app reads this table.
+    """
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="request_stats")
+    district_id = models.BigIntegerField()
+    endpoint = models.CharField(max_length=100)
+    minute = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0, help_text="Responses with status >= 400.")
+    server_errors = models.PositiveIntegerField(default=0, help_text="Status >= 500.")
+    total_ms = models.FloatField(default=0)
+    buckets = ArrayField(models.PositiveIntegerField(), size=len(LATENCY_BUCKETS_MS) + 1)
+
+    gate = Gate(district="district_id")
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "endpoint", "minute"], name="api_request_stat_unique_minute"
+            ),
+        ]
+        indexes = [BrinIndex(fields=["minute"], name="api_request_stat_minute_brin")]
+
+    def __str__(self) -> str:
+        return f"{self.client} {self.endpoint} {self.minute:%Y-%m-%d %H:%M}: {self.count}"
