@@ -67,6 +67,8 @@ MIDDLEWARE = [
     "bxos.common.middleware.AuditActorMiddleware",
     # Counts API clients' requests per minute (bxos.api.monitoring).
     "bxos.api.monitoring.ApiMonitoringMiddleware",
+    # Deprecation / Sunset headers per API version (bxos.api.catalogue).
+    "bxos.api.catalogue.ApiVersionMiddleware",
 ]
 
 ROOT_URLCONF = "bxos.urls"
@@ -202,6 +204,9 @@ OAUTH2_PROVIDER = {
 }
 API = {
     "MAX_PAGE_SIZE": 1000,
+    # Lifecycle of each API version: status current, deprecated (with "deprecated" and
+    # "sunset" dates: Deprecation and Sunset headers) or sunset (410).
+    "VERSIONS": {"v1": {"status": "current"}},
     # Largest request body a write accepts (413 above it).
     "MAX_BODY_BYTES": env.int("API_MAX_BODY_BYTES", default=64 * 1024),
     "DEFAULT_PAGE_SIZE": 100,

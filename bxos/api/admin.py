@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from bxos.api import scopes, services
-from bxos.api.models import ApiClient, DisclosureLogEntry, FieldProfile
+from bxos.api.models import ApiClient, ApiEndpoint, DisclosureLogEntry, FieldProfile
 from bxos.common.admin import GateMixin, ReadOnlyAdmin, TenantAdmin
 
 
@@ -341,3 +341,22 @@ class ApiClientWithLimitsAdmin(ApiClientAdmin):
 
 admin.site.unregister(ApiClient)
 admin.site.register(ApiClient, ApiClientWithLimitsAdmin)
+
+
+@admin.register(ApiEndpoint)
+class ApiEndpointAdmin(ReadOnlyAdmin):
+    """The API catalogue, derived from the code after every migrate (never edited by hand)."""
+
+    list_display = ["path", "method_list", "version", "status", "sunset_at", "scope", "write_scope"]
+    list_filter = ["version", "status", "resource"]
+    search_fields = ["path", "name", "resource"]
+
+    @admin.display(description="methods")
+    def method_list(self, obj):
+        return ", ".join(obj.methods)
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_staff
+
+    def has_module_permission(self, request):
+        return request.user.is_staff

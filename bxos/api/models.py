@@ -346,3 +346,32 @@ class ApiRequestStat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client} {self.endpoint} {self.minute:%Y-%m-%d %H:%M}: {self.count}"
+
+
+class ApiEndpoint(models.Model):
+    """One endpoint of the API catalogue, derived from the code (bxos.api.catalogue).
+
+    Rebuilt after every `migrate`; never typed by hand. The version's status comes from
+    settings.API["VERSIONS"].
+    """
+
+    version = models.CharField(max_length=10)
+    path = models.CharField(max_length=200)
+    methods = ArrayField(models.CharField(max_length=8))
+    name = models.CharField(max_length=100)
+    resource = models.CharField(max_length=60, blank=True)
+    scope = models.CharField(max_length=40, blank=True)
+    write_scope = models.CharField(max_length=40, blank=True)
+    status = models.CharField(max_length=12)
+    sunset_at = models.DateField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["version", "path"]
+        verbose_name = "API endpoint"
+        verbose_name_plural = "API catalogue"
+        constraints = [
+            models.UniqueConstraint(fields=["version", "path"], name="api_endpoint_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.methods)} {self.path}"

@@ -15,6 +15,10 @@ def _after_migrate(sender, using="default", **kwargs):
     load_defaults(apps.get_model("behavior", "Descriptor"))
     roles.sync_role_groups()
     schedules.ensure_periodic_tasks()
+    if apps.is_installed("bxos.api"):
+        from bxos.api.catalogue import sync_catalogue
+
+        sync_catalogue()
 
 
 class CommonConfig(AppConfig):
