@@ -77,15 +77,8 @@ class Command(BaseCommand):
                 beat_schedule,
             ],
         }
-        processes: dict[str, subprocess.Popen] = {}
-        # Our own process group for each child, so one signal stops a child and its children.
-        for name, command in commands.items():
-            processes[name] = subprocess.Popen(command, start_new_session=True)
-
-        # Print the banner once the web server answers, so the worker's start-up output does
-        # not scroll it away.
-        self._wait_for_port(host, port, processes["web"])
-        self._print_banner(host, port)
+        # Handlers first: a Ctrl-C that arrives while the children start must not be lost (a
+        # background job of a script starts with SIGINT ignored until we install ours).
         stopping = {"flag": False}
 
         def stop(signum, frame):
@@ -93,6 +86,16 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+        processes: dict[str, subprocess.Popen] = {}
+        # Our own process group for each child, so one signal stops a child and its children.
+        for name, command in commands.items():
+            processes[name] = subprocess.Popen(command, start_new_session=True)
+
+        # Print the banner once the web server answers, so the worker's start-up output does
+        # not scroll it away.
+        self._wait_for_port(host, port, processes["web"], stopping)
+        if not stopping["flag"]:
+            self._print_banner(host, port)
         exit_code = 0
         try:
             while not stopping["flag"]:
@@ -117,12 +120,12 @@ class Command(BaseCommand):
                 )
 
     def _wait_for_port(
-        self, host: str, port: int, web: subprocess.Popen, timeout: float = 60
+        self, host: str, port: int, web: subprocess.Popen, stopping: dict, timeout: float = 60
     ) -> None:
         import socket
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and web.poll() is None:
+        while time.monotonic() < deadline and web.poll() is None and not stopping["flag"]:
             with socket.socket() as s:
                 if s.connect_ex((host, port)) == 0:
                     time.sleep(1.5)  # let the worker and beat finish their banners
