@@ -136,7 +136,9 @@ class Command(BaseCommand):
         self.stdout.write("\nStopping web, worker and beat...")
         for proc in processes.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                # The main process only: a Celery worker then stops its own pool cleanly
+                # (signalling the whole group kills the pool under it, and it respawns it).
+                proc.terminate()
         deadline = time.monotonic() + 15
         for proc in processes.values():
             try:
