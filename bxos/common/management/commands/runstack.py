@@ -93,8 +93,7 @@ class Command(BaseCommand):
 
         # Print the banner once the web server answers, so the worker's start-up output does
         # not scroll it away.
-        self._wait_for_port(host, port, processes["web"], stopping)
-        if not stopping["flag"]:
+        if self._wait_for_port(host, port, processes["web"], stopping):
             self._print_banner(host, port)
         exit_code = 0
         try:
@@ -121,16 +120,23 @@ class Command(BaseCommand):
 
     def _wait_for_port(
         self, host: str, port: int, web: subprocess.Popen, stopping: dict, timeout: float = 60
-    ) -> None:
+    ) -> bool:
+        """Whether the web server answers; waits a moment more for the other banners."""
         import socket
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and web.poll() is None and not stopping["flag"]:
+        while time.monotonic() < deadline and web.poll() is None:
             with socket.socket() as s:
                 if s.connect_ex((host, port)) == 0:
-                    time.sleep(1.5)  # let the worker and beat finish their banners
-                    return
+                    # Let the worker and beat print their banners first (unless stopping).
+                    settle = time.monotonic() + 1.5
+                    while time.monotonic() < settle and not stopping["flag"]:
+                        time.sleep(0.1)
+                    return True
+            if stopping["flag"]:
+                return False
             time.sleep(0.3)
+        return False
 
     def _stop_all(self, processes: dict[str, subprocess.Popen]) -> None:
         self.stdout.write("\nStopping web, worker and beat...")
