@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import time
-from datetime import date
 
 os.environ.setdefault("BXOS_DB_NAME", "bxos_bench_admin")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bxos.settings")
@@ -25,91 +24,22 @@ import django
 
 django.setup()
 
-from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
-from django.utils import timezone  # noqa: E402
 
+from bench.data import ensure_students  # noqa: E402
 from bxos.common.audit import system_actor  # noqa: E402
 from bxos.schools import services  # noqa: E402
 from bxos.schools.admin import StudentAdmin  # noqa: E402
-from bxos.schools.models import AcademicSession, District, School, Staff, Student  # noqa: E402
+from bxos.schools.models import District, Staff, Student  # noqa: E402
 
 CODE = "benchadmin"
 
 
 def ensure_data(n: int) -> District:
-    call_command("migrate", verbosity=0)
-    district, _ = District.objects.get_or_create(
-        code=CODE, defaults={"name": "Bench District", "state_code": "TX"}
-    )
-    have = Student.objects.filter(district=district).count()
-    if have >= n:
-        return district
+    district, schools = ensure_students(CODE, n)
     actor = system_actor()
-    schools = []
-    for i, (kind, low, high) in enumerate(
-        [("elementary", "KG", "05"), ("middle", "06", "08"), ("high", "09", "12")]
-    ):
-        school, _ = School.objects.get_or_create(
-            district=district,
-            code=f"B{i}",
-            defaults={
-                "name": f"Bench {kind.title()}",
-                "school_type": kind,
-                "grade_low": low,
-                "grade_high": high,
-            },
-        )
-        schools.append(school)
-    year, _ = AcademicSession.objects.get_or_create(
-        district=district,
-        session_type="schoolYear",
-        name="2026-27",
-        school_year=2027,
-        defaults={"start_date": date(2026, 8, 24), "end_date": date(2027, 6, 11)},
-    )
-    now = timezone.now()
-    print(f"creating {n - have} students with enrollments (COPY)...")
-    with connection.cursor() as c:
-        with c.cursor.copy(
-            "COPY schools_student (district_id, student_number, state_id, first_name, "
-            "middle_name, last_name, preferred_name, birth_date, grade_level, email, is_active, "
-            "created_at, updated_at, change_version, source_system, source_id) FROM STDIN"
-        ) as copy:
-            for i in range(have, n):
-                copy.write_row(
-                    (
-                        district.pk,
-                        f"S{i:07d}",
-                        "",
-                        f"First{i % 997}",
-                        "",
-                        f"Last{i % 50021:05d}",
-                        "",
-                        date(2012, 1, 1),
-                        "07",
-                        "",
-                        True,
-                        now,
-                        now,
-                        0,
-                        "",
-                        "",
-                    )
-                )
-        c.execute(
-            "INSERT INTO schools_enrollment (district_id, student_id, school_id, school_year_id, "
-            "grade_level, entry_date, is_primary, exit_reason, created_at, updated_at, "
-            "change_version, source_system, source_id) "
-            "SELECT s.district_id, s.id, (ARRAY[%s, %s, %s])[1 + s.id %% 3], %s, s.grade_level, "
-            "%s, true, '', now(), now(), 0, '', '' FROM schools_student s "
-            "WHERE s.district_id = %s AND NOT EXISTS (SELECT 1 FROM schools_enrollment e "
-            "WHERE e.student_id = s.id)",
-            [schools[0].pk, schools[1].pk, schools[2].pk, year.pk, date(2026, 8, 24), district.pk],
-        )
-        c.execute("ANALYZE schools_student; ANALYZE schools_enrollment;")
     for username, position, school in (
         ("bench.district", "district_admin", None),
         ("bench.school", "principal", schools[2]),

@@ -71,7 +71,8 @@ MIDDLEWARE = [
     "bxos.api.catalogue.ApiVersionMiddleware",
 ]
 
-ROOT_URLCONF = "bxos.urls"
+# Benchmarks serve the app plus their reference views (bench/urls.py) through this.
+ROOT_URLCONF = env.str("BXOS_ROOT_URLCONF", default="bxos.urls")
 WSGI_APPLICATION = "bxos.wsgi.application"
 ASGI_APPLICATION = "bxos.asgi.application"
 

@@ -1,0 +1,216 @@
+"""Benchmark B3: vendor API student list reads under concurrent load (shared/design/BENCHMARKS.md).
+
+The product: GET /api/v1/students (token, scope, throttle, gate, key-set page of 100, field
+profile, one disclosure row per page), served by gunicorn on 127.0.0.1. The reference, in the
+same run on the same server: a bare Django view executing the very SELECT the API page ran and
+returning orjson. Both at the first page and at the last page of the district (key-set cursor).
+
+    python -m bench.api_students [--students 1000000] [--seconds 10] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+os.environ.setdefault("BXOS_DB_NAME", "bxos_bench_api")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bxos.settings")
+
+import django
+
+django.setup()
+
+import httpx  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+from django.utils import timezone  # noqa: E402
+from oauth2_provider.models import AccessToken  # noqa: E402
+from oauthlib.common import generate_token  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from bench.data import ensure_students  # noqa: E402
+from bxos.api.models import ApiClient  # noqa: E402
+from bxos.api.paging import Page, encode_cursor  # noqa: E402
+from bxos.api.services import api_client_create  # noqa: E402
+from bxos.common.audit import system_actor  # noqa: E402
+
+CODE = "benchapi"
+SQL_FILE = Path(settings.VAR_DIR) / "bench-api-sql.json"
+
+
+def setup(n: int) -> tuple[str, str]:
+    district, _ = ensure_students(CODE, n)
+    client = ApiClient.objects.filter(district=district).first()
+    if client is None:
+        client, _ = api_client_create(
+            actor=system_actor(),
+            district=district,
+            name="Bench vendor",
+            contact_name="B",
+            contact_email="b@bench.example",
+            purpose="Benchmark",
+            contract_end_date=date.today() + timedelta(days=30),
+            scopes=["roster.readonly"],
+            status="production",
+            rate_per_minute=1_000_000,
+            rate_per_hour=100_000_000,
+        )
+    token = AccessToken.objects.create(
+        application=client.application,
+        token=generate_token(),
+        scope="roster.readonly",
+        expires=timezone.now() + timedelta(hours=2),
+    )
+    with connection.cursor() as c:
+        c.execute(
+            "SELECT id FROM schools_student WHERE district_id = %s ORDER BY id OFFSET %s LIMIT 1",
+            [district.pk, max(n - 101, 0)],
+        )
+        last_page_after = c.fetchone()[0]
+    cursor = encode_cursor((last_page_after,), Page(100, False, None, None, None))
+    # Capture the API page's SELECT for the reference view.
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token.token}")
+    queries = {}
+    for label, params in (("first", {"limit": 100}), ("last", {"limit": 100, "after": cursor})):
+        with CaptureQueriesContext(connection) as ctx:
+            assert api.get("/api/v1/students", params).status_code == 200
+        page_sql = [
+            q["sql"]
+            for q in ctx
+            if 'FROM "schools_student"' in q["sql"] and q["sql"].lstrip().startswith("SELECT")
+        ][-1]
+        queries[label] = page_sql
+    SQL_FILE.write_text(json.dumps(queries))
+    return token.token, cursor
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "BXOS_ROOT_URLCONF": "bench.urls",
+        "DB_CONN_MAX_AGE": "60",
+        "DJANGO_DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "BXOS_BENCH_SQL": str(SQL_FILE),
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "bxos.wsgi",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=settings.BASE_DIR,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("gunicorn did not start")
+
+
+def load(url: str, headers: dict, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+    """Closed-loop clients for ``seconds``: (requests per second, latencies in ms)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker():
+        local = []
+        with httpx.Client(headers=headers, timeout=30) as http:
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                response = http.get(url)
+                local.append((time.perf_counter() - t) * 1000)
+                if response.status_code != 200:
+                    raise SystemExit(f"{url}: {response.status_code} {response.text[:200]}")
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(latencies) / (time.monotonic() - started), latencies
+
+
+def p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 2 else values[0]
+
+
+def main() -> None:
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one log line per request skews load
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    token, cursor = setup(args.students)
+    port = free_port()
+    server = start_server(port)
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {token}"}
+    scenarios = [
+        ("API, first page", f"{base}/api/v1/students?limit=100", auth),
+        ("bare view, first page", f"{base}/bench/bare/students?page=first", {}),
+        ("API, last page", f"{base}/api/v1/students?limit=100&after={cursor}", auth),
+        ("bare view, last page", f"{base}/bench/bare/students?page=last", {}),
+    ]
+    results = {}
+    try:
+        for name, url, headers in scenarios:
+            load(url, headers, 2, args.concurrency)  # warm up
+            results[name] = load(url, headers, args.seconds, args.concurrency)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    print(
+        f"\nB3: {args.students:,} students, pages of 100, {args.concurrency} concurrent "
+        f"clients, {args.seconds:.0f} s each, gunicorn 2 workers on 127.0.0.1"
+    )
+    print(f"{'scenario':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, (rate, lat) in results.items():
+        print(f"{name:<24}{rate:>9.0f}{p(lat, 50):>9.1f}{p(lat, 99):>9.1f}")
+    api_rate = results["API, first page"][0]
+    bare_rate = results["bare view, first page"][0]
+    deep = p(results["API, last page"][1], 99) / p(results["API, first page"][1], 99)
+    print(
+        f"\nthroughput, API / bare view (first page): {api_rate / bare_rate:.2f}x (target >= 0.7)"
+    )
+    print(f"p99, API last page / first page: {deep:.2f}x (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
