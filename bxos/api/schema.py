@@ -456,13 +456,28 @@ _REQUEST_ID = {
 }
 
 
+# Sent on every response to an authenticated client (bxos.api.throttling), 401s excepted.
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": (
+        "Requests allowed in the window of the limit closest to running out.",
+        "integer",
+    ),
+    "RateLimit-Remaining": ("Requests left in that window.", "integer"),
+    "RateLimit-Reset": ("Seconds until that window resets.", "integer"),
+    "RateLimit-Policy": ('Every limit that applied, e.g. "600;w=60, 20000;w=3600".', "string"),
+}
+
+
 def postprocess(result, generator, request, public):
     """drf-spectacular postprocessing hook (SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"])."""
-    for operations in result.get("paths", {}).values():
+    for path, operations in result.get("paths", {}).items():
         for operation in operations.values():
             for status, response in operation.get("responses", {}).items():
                 headers = response.setdefault("headers", {})
                 headers["X-Request-ID"] = _REQUEST_ID
+                if status != "401" and path.startswith("/api/v1/"):
+                    for name, (text, kind) in _RATE_LIMIT_HEADERS.items():
+                        headers[name] = {"description": text, "schema": {"type": kind}}
                 if status == "401":
                     headers["WWW-Authenticate"] = {
                         "description": "The Bearer challenge.",

@@ -178,3 +178,15 @@ def test_docs_pages_load_only_local_static_files(client, page):
         # Served by the static files setup (collectstatic in production), not fetched here.
         assert finders.find(url.removeprefix(static_url)), url
     assert "/api/schema/" in html
+
+
+def test_rate_limit_headers_are_documented(schema):
+    responses = schema["paths"]["/api/v1/students"]["get"]["responses"]
+    for status in ("200", "400", "403", "429"):
+        assert {
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "RateLimit-Policy",
+        } <= set(responses[status]["headers"]), status
+    assert "RateLimit-Limit" not in responses["401"]["headers"]  # no client, no quota
