@@ -20,7 +20,6 @@ from bxos.behavior import choices as bch
 from bxos.behavior import services as bsvc
 from bxos.behavior.models import (
     Descriptor,
-    Incident,
     IncidentAction,
     IncidentParticipant,
     Intervention,
@@ -331,6 +330,3 @@ def build_district(code: str) -> SimpleNamespace:
     w.now = timezone.now()
     w.later = w.now + timedelta(days=1)
     return w
-
-
-__all__ = ["PASSWORD", "Incident", "build_district", "descriptor"]

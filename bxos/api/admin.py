@@ -6,13 +6,23 @@ import csv
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.postgres.forms import SimpleArrayField  # noqa: F401  (kept for overrides)
 from django.http import StreamingHttpResponse
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from bxos.api import scopes, services
-from bxos.api.models import ApiClient, ApiEndpoint, DisclosureLogEntry, FieldProfile
+from bxos.api.models import (
+    ApiClient,
+    ApiEndpoint,
+    DisclosureLogEntry,
+    FieldProfile,
+    ThrottleException,
+    ThrottleRule,
+)
+from bxos.api.resources import RESOURCES
+from bxos.api.throttling import META_GROUP, WRITES_GROUP, describe_limits
 from bxos.common.admin import GateMixin, ReadOnlyAdmin, TenantAdmin
 
 
@@ -45,7 +55,7 @@ class ApiClientAdmin(TenantAdmin):
     list_filter = ["status"]
     search_fields = ["name", "contact_name", "contact_email", "application__client_id"]
     filter_horizontal = ["allowed_schools"]
-    readonly_fields = ["client_id", "revoked_at", "disclosures_link", "last_day"]
+    readonly_fields = ["client_id", "revoked_at", "disclosures_link", "last_day", "rate_limits"]
     actions = ["rotate_secret", "revoke"]
 
     @admin.display(description="client id")
@@ -66,6 +76,12 @@ class ApiClientAdmin(TenantAdmin):
             return "—"
         url = reverse("admin:api_disclosurelogentry_changelist") + f"?client__id__exact={obj.pk}"
         return format_html('<a href="{}">Every disclosure to this client</a>', url)
+
+    @admin.display(description="rate limits now")
+    def rate_limits(self, obj):
+        if not obj.pk:
+            return "—"
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in describe_limits(obj)))
 
     @admin.display(description="requests, last 24 hours")
     def last_day(self, obj):
@@ -200,17 +216,6 @@ class DisclosureLogEntryAdmin(GateMixin, ReadOnlyAdmin):
         return response
 
 
-# --- rate limits (see bxos.api.throttling) -----------------------------------------------------
-
-from django.utils import timezone  # noqa: E402
-from django.utils.html import format_html_join  # noqa: E402
-from django.utils.safestring import mark_safe  # noqa: E402
-
-from bxos.api.models import ThrottleException, ThrottleRule  # noqa: E402
-from bxos.api.resources import RESOURCES  # noqa: E402
-from bxos.api.throttling import META_GROUP, WRITES_GROUP, describe_limits  # noqa: E402
-
-
 def endpoint_group_choices() -> list[tuple[str, str]]:
     """The endpoint groups a rule can name; a free-text typo would silently match nothing."""
     return [
@@ -325,22 +330,6 @@ class ThrottleExceptionAdmin(TenantAdmin):
     @admin.display(description="reason")
     def reason_short(self, obj):
         return obj.reason[:80]
-
-
-class ApiClientWithLimitsAdmin(ApiClientAdmin):
-    """The client page, plus the rate limits that apply to the client now."""
-
-    readonly_fields = [*ApiClientAdmin.readonly_fields, "rate_limits"]
-
-    @admin.display(description="rate limits now")
-    def rate_limits(self, obj):
-        if not obj.pk:
-            return "—"
-        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in describe_limits(obj)))
-
-
-admin.site.unregister(ApiClient)
-admin.site.register(ApiClient, ApiClientWithLimitsAdmin)
 
 
 @admin.register(ApiEndpoint)

@@ -17,12 +17,13 @@ from __future__ import annotations
 from auditlog.mixins import AuditlogHistoryAdminMixin
 from django.contrib import admin, messages
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path, unquote
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import models
 from django.http import Http404, HttpResponseRedirect
 
 from bxos.common import access, roles
-from bxos.common.permissions import ADD, CHANGE, DELETE, VIEW, can, restrict
+from bxos.common.models import AccessLogEntry, Tombstone, User
+from bxos.common.permissions import CHANGE, DELETE, VIEW, can, restrict
 from bxos.common.services import model_delete, model_save
 
 
@@ -238,14 +239,7 @@ class TenantInline(GateMixin, admin.TabularInline):
         return formset
 
 
-__all__ = ["ADD", "RestrictedRelatedFilter", "TenantAdmin", "TenantInline", "models"]
-
-
 # --- registrations of the platform's own models ------------------------------------------------
-
-from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin  # noqa: E402
-
-from bxos.common.models import AccessLogEntry, Tombstone, User  # noqa: E402
 
 
 @admin.register(User)

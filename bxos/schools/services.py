@@ -219,8 +219,6 @@ def section_set_teacher(*, actor, section: Section, teacher: Staff | None) -> Se
 
 def caseload_add(*, actor, counselor: User, students: list[Student]) -> None:
     """Put students on a counselor's caseload (django-guardian object permission)."""
-    from guardian.shortcuts import get_perms_for_model  # noqa: F401  (ensures perms loaded)
-
     perm = f"schools.{roles.ACCESS_STUDENT}"
     with write_as(actor):
         for student in students:
