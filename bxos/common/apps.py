@@ -3,9 +3,13 @@ from django.db.models.signals import post_migrate
 
 
 def _after_migrate(sender, using="default", **kwargs):
-    # Runs once per app after `migrate`; only the last app's call matters, and both steps are
-    # idempotent, so running them for every app is harmless and keeps new models covered.
+    # post_migrate is sent once per app; act on the last one only, when every app's tables
+    # and permissions (created by auth's own handler for each app) exist.
     from django.apps import apps
+
+    last = [config for config in apps.get_app_configs() if config.models_module][-1]
+    if sender.label != last.label:
+        return
 
     from bxos.behavior.defaults import load_defaults
     from bxos.common import db, roles, schedules
