@@ -202,7 +202,18 @@ OAUTH2_PROVIDER = {
     "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("API_TOKEN_SECONDS", default=3600),
     # Client secrets are stored hashed and shown once, when created or rotated.
     "PKCE_REQUIRED": True,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": env.int("API_REFRESH_TOKEN_SECONDS", default=14 * 24 * 3600),
+    "ROTATE_REFRESH_TOKEN": True,
+    # RFC 9700 (OAuth 2.0 security best practice) now rather than at toolkit 4.0: PKCE with
+    # S256 only, no implicit or password grants, tokens never accepted in a query string.
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
 }
+# Staff sign in for the OAuth2 consent page with their usual login.
+LOGIN_URL = "admin:login"
 API = {
     "MAX_PAGE_SIZE": 1000,
     # Lifecycle of each API version: status current, deprecated (with "deprecated" and
@@ -232,6 +243,11 @@ SPECTACULAR_SETTINGS = {
         "`/o/token/` (grant_type=client_credentials, optionally a space-separated `scope`) and "
         "send the token as `Authorization: Bearer <token>`. Each resource needs one scope; "
         "a client only ever sees its own district (and its allowed schools).\n\n"
+        "**Apps acting for staff** use the authorization code grant with PKCE (S256) at "
+        "`/o/authorize/`: a staff member of the district signs in and consents, and the token "
+        "then sees only what both the app's scopes and that person's role allow. Resource "
+        "servers holding the `introspection` scope may ask `/o/introspect/` (RFC 7662) whether "
+        "a token is active.\n\n"
         "**Change feed.** Lists page by key set (`limit`, `after`). With `minChangeVersion` / "
         "`maxChangeVersion` a list returns the rows changed in that window, and "
         "`/{resource}/deletes` the rows deleted in it; `/changes/available` gives the newest "
@@ -250,8 +266,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # No call to swagger.io's validator from the docs page.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
-    "OAUTH2_FLOWS": ["clientCredentials"],
+    "OAUTH2_FLOWS": ["clientCredentials", "authorizationCode"],
     "OAUTH2_TOKEN_URL": "/o/token/",
+    "OAUTH2_AUTHORIZATION_URL": "/o/authorize/",
     "OAUTH2_SCOPES": dict(_API_SCOPES),
     # One name for a code list several fields use (gradeLow, gradeHigh, gradeLevel).
     "ENUM_NAME_OVERRIDES": {

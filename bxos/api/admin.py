@@ -6,6 +6,7 @@ import csv
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -45,7 +46,19 @@ class ApiClientForm(forms.ModelForm):
             "field_profile",
             "rate_per_minute",
             "rate_per_hour",
+            "grant_type",
+            "client_type",
+            "redirect_uris",
         ]
+
+    def _post_clean(self):
+        super()._post_clean()
+        if self.errors:
+            return
+        try:
+            services.api_client_check_oauth(client=self.instance)
+        except ValidationError as exc:
+            self._update_errors(exc)
 
 
 @admin.register(ApiClient)
@@ -57,6 +70,34 @@ class ApiClientAdmin(TenantAdmin):
     filter_horizontal = ["allowed_schools"]
     readonly_fields = ["client_id", "revoked_at", "disclosures_link", "last_day", "rate_limits"]
     actions = ["rotate_secret", "revoke"]
+    fieldsets = [
+        (None, {"fields": ["name", "contact_name", "contact_email", "status"]}),
+        ("Contract", {"fields": ["purpose", "contract_end_date"]}),
+        (
+            "What it may read and write",
+            {"fields": ["allowed_schools", "scopes", "field_profile"]},
+        ),
+        (
+            "Sign-in",
+            {
+                "fields": ["client_id", "grant_type", "client_type", "redirect_uris", "revoked_at"],
+                "description": "Server-to-server clients use client credentials. Apps that "
+                "act for a signed-in staff member use the authorization code grant with PKCE, "
+                "and see only what both the app and that person may see.",
+            },
+        ),
+        ("Rate limits", {"fields": ["rate_per_minute", "rate_per_hour", "rate_limits"]}),
+        ("Activity", {"fields": ["disclosures_link", "last_day"]}),
+    ]
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if request.user.is_superuser:
+            # Only a superuser chooses the district; a district's people work in their own.
+            first = fieldsets[0][1]
+            fieldsets = [(None, {**first, "fields": ["district", *first["fields"]]})]
+            fieldsets += list(super().get_fieldsets(request, obj)[1:])
+        return fieldsets
 
     @admin.display(description="client id")
     def client_id(self, obj):
@@ -114,8 +155,16 @@ class ApiClientAdmin(TenantAdmin):
         if not change:
             secret = services.api_client_attach_credentials(actor=request.user, client=obj)
         super().save_model(request, obj, form, change)
-        if not change:
+        if change:
+            services.api_client_sync_application(actor=request.user, client=obj)
+        else:
             services.api_client_service_user(client=obj)
+        if not change and not secret:
+            messages.info(
+                request,
+                f"Client id {obj.application.client_id}; a public client has no secret: it "
+                "signs staff in with the authorization code grant and PKCE.",
+            )
         if secret:
             messages.warning(
                 request,
@@ -151,7 +200,15 @@ class Echo:
 class DisclosureLogEntryAdmin(GateMixin, ReadOnlyAdmin):
     """Who received which students' data, when and why; exportable as CSV."""
 
-    list_display = ["at", "client", "endpoint", "count", "purpose_short", "request_id"]
+    list_display = [
+        "at",
+        "client",
+        "acting_user",
+        "endpoint",
+        "count",
+        "purpose_short",
+        "request_id",
+    ]
     list_filter = ["client"]
     date_hierarchy = "at"
     show_full_result_count = False
@@ -162,7 +219,7 @@ class DisclosureLogEntryAdmin(GateMixin, ReadOnlyAdmin):
         return obj.purpose[:80]
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request).select_related("client")
+        queryset = super().get_queryset(request).select_related("client", "acting_user")
         student = request.GET.get("student")
         if student and student.isdigit():
             queryset = queryset.filter(student_ids__contains=[int(student)])
@@ -189,6 +246,7 @@ class DisclosureLogEntryAdmin(GateMixin, ReadOnlyAdmin):
         header = [
             "time",
             "client",
+            "acting for",
             "purpose",
             "endpoint",
             "query",
@@ -200,6 +258,7 @@ class DisclosureLogEntryAdmin(GateMixin, ReadOnlyAdmin):
             [
                 d.at.isoformat(),
                 d.client.name,
+                d.acting_user.get_username() if d.acting_user_id else "",
                 d.purpose,
                 d.endpoint,
                 d.query,

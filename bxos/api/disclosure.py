@@ -7,8 +7,13 @@ from collections.abc import Iterable
 from bxos.api.models import ApiClient, DisclosureLogEntry
 
 
-def disclosure_record(*, client: ApiClient, request, student_ids: Iterable[int]) -> None:
-    """Write one disclosure row for this response; nothing when no student's data was sent."""
+def disclosure_record(
+    *, client: ApiClient, request, student_ids: Iterable[int], query: str | None = None
+) -> None:
+    """Write one disclosure row for this response; nothing when no student's data was sent.
+
+    ``query`` is what was asked (the query string by default; GraphQL passes its document).
+    """
     ids = sorted({i for i in student_ids if i is not None})
     if not ids:
         return
@@ -18,8 +23,9 @@ def disclosure_record(*, client: ApiClient, request, student_ids: Iterable[int])
         purpose=client.purpose,
         endpoint=request.path[:200],
         method=request.method,
-        query=request.META.get("QUERY_STRING", "")[:2000],
+        query=(request.META.get("QUERY_STRING", "") if query is None else query)[:2000],
         student_ids=ids,
         count=len(ids),
         request_id=getattr(request, "request_id", "")[:64],
+        acting_user=client.acting_for,
     )

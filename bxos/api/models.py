@@ -9,9 +9,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from bxos.api import scopes
-from bxos.api.choices import ACTIVE_STATUSES, ClientStatus
+from bxos.api.choices import ACTIVE_STATUSES, ClientStatus, ClientType, GrantType
 from bxos.common.constraints import FieldConstraintErrors, in_range, on_field, valid_code
-from bxos.common.permissions import VIEW, Gate, restrict_for_client
+from bxos.common.permissions import VIEW, Gate, restrict, restrict_for_client
 
 
 class FieldProfile(FieldConstraintErrors, models.Model):
@@ -53,7 +53,9 @@ class ApiClient(FieldConstraintErrors, models.Model):
 
     The OAuth2 credentials live in django-oauth-toolkit's Application (secret stored hashed).
     A client is also an actor for the permission gate: it sees its district, its allowed
-    schools (all when none are listed) and what its scopes cover.
+    schools (all when none are listed) and what its scopes cover. A client with the
+    authorization-code grant acts for a signed-in staff member: its requests then see only
+    what both the client and that person may see (``acting_for``, set per request).
     """
 
     district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
@@ -83,6 +85,17 @@ class ApiClient(FieldConstraintErrors, models.Model):
     scopes = ArrayField(
         models.CharField(max_length=40, choices=scopes.scope_choices()), default=list, blank=True
     )
+    grant_type = models.CharField(
+        max_length=20, choices=GrantType.choices, default=GrantType.CLIENT_CREDENTIALS
+    )
+    client_type = models.CharField(
+        max_length=12, choices=ClientType.choices, default=ClientType.CONFIDENTIAL
+    )
+    redirect_uris = models.TextField(
+        blank=True,
+        help_text="Authorization code clients: the exact URIs the sign-in may return to, one "
+        "per line (https, or http on 127.0.0.1 for native apps).",
+    )
     field_profile = models.ForeignKey(
         FieldProfile, null=True, blank=True, on_delete=models.SET_NULL, related_name="clients"
     )
@@ -106,6 +119,8 @@ class ApiClient(FieldConstraintErrors, models.Model):
     # A client is the authenticated principal of an API request (request.user in DRF).
     is_authenticated = True
     is_active = True
+    # The staff member an authorization-code token acts for; set per request, never saved.
+    acting_for = None
 
     class Meta:
         ordering = ["name"]
@@ -117,6 +132,27 @@ class ApiClient(FieldConstraintErrors, models.Model):
             ),
             in_range(
                 "rate_per_hour", 1, 100_000_000, name="api_client_rate_hour_range", nullable=False
+            ),
+            valid_code("grant_type", GrantType, name="api_client_grant_type_valid"),
+            valid_code("client_type", ClientType, name="api_client_client_type_valid"),
+            on_field(
+                "client_type",
+                models.CheckConstraint(
+                    condition=Q(client_type=ClientType.CONFIDENTIAL)
+                    | Q(grant_type=GrantType.AUTHORIZATION_CODE),
+                    name="api_client_public_needs_code_grant",
+                    violation_error_message="A public client cannot keep a secret, so it can "
+                    "only use the authorization code grant.",
+                ),
+            ),
+            on_field(
+                "redirect_uris",
+                models.CheckConstraint(
+                    condition=~Q(grant_type=GrantType.AUTHORIZATION_CODE) | ~Q(redirect_uris=""),
+                    name="api_client_code_grant_needs_redirect",
+                    violation_error_message="An authorization code client needs at least one "
+                    "redirect URI.",
+                ),
             ),
             on_field(
                 "scopes",
@@ -152,14 +188,31 @@ class ApiClient(FieldConstraintErrors, models.Model):
         return self._allowed_school_ids
 
     def restrict_queryset(self, queryset, action: str = VIEW):
-        """The permission gate for a client actor (see bxos.common.permissions)."""
-        return restrict_for_client(
+        """The permission gate for a client actor (see bxos.common.permissions).
+
+        Acting for a staff member, the rows are those both may see: the client's district,
+        schools and write scope, and the person's role, schools, sections and caseload.
+        """
+        queryset = restrict_for_client(
             queryset,
             district_id=self.district_id,
             school_ids=self.allowed_school_ids(),
             action=action,
             can_write=bool(set(self.scopes) & scopes.WRITE_SCOPES),
         )
+        if self.acting_for is not None:
+            queryset = restrict(queryset, self.acting_for, action)
+        return queryset
+
+    @property
+    def audit_actor(self):
+        """Who the audit log names for this request's writes: the staff member the client
+        acts for, else the client's own named system actor."""
+        if self.acting_for is not None:
+            return self.acting_for
+        from bxos.api.services import api_client_service_user
+
+        return api_client_service_user(client=self)
 
 
 class DisclosureLogEntry(models.Model):
@@ -178,6 +231,14 @@ class DisclosureLogEntry(models.Model):
     query = models.CharField(max_length=2000, blank=True)
     student_ids = ArrayField(models.BigIntegerField(), default=list)
     count = models.PositiveIntegerField()
+    acting_user = models.ForeignKey(
+        "common.User",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The signed-in staff member the client acted for (authorization code).",
+    )
     request_id = models.CharField(max_length=64)
 
     gate = Gate(district="district_id")

@@ -9,6 +9,7 @@ ATTENDANCE = "attendance.readonly"
 GRADES = "grades.readonly"
 BEHAVIOR = "behavior.readonly"
 BEHAVIOR_WRITE = "behavior.write"
+INTROSPECTION = "introspection"
 
 SCOPES: dict[str, str] = {
     ROSTER: "Schools, sessions, students, staff, enrollments, sections and section enrollments",
@@ -18,6 +19,7 @@ SCOPES: dict[str, str] = {
     GRADES: "Grades per grading period",
     BEHAVIOR: "Incidents, behavior support requests and interventions",
     BEHAVIOR_WRITE: "Create incidents and behavior support requests; move requests' status",
+    INTROSPECTION: "Ask whether an access token is active (for the district's resource servers)",
 }
 WRITE_SCOPES = {BEHAVIOR_WRITE}
 

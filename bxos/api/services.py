@@ -9,6 +9,7 @@ from django.utils import timezone
 from oauth2_provider.generators import generate_client_secret
 from oauth2_provider.models import AccessToken, Application, RefreshToken
 
+from bxos.api.choices import ClientType, GrantType
 from bxos.api.models import ApiClient
 from bxos.common.services import model_save, write_as
 
@@ -28,23 +29,18 @@ def api_client_create(
     field_profile=None,
     rate_per_minute: int = 600,
     rate_per_hour: int = 20000,
+    grant_type: str = GrantType.CLIENT_CREDENTIALS,
+    client_type: str = ClientType.CONFIDENTIAL,
+    redirect_uris: str = "",
 ) -> tuple[ApiClient, str]:
     """Create a client and its OAuth2 credentials. Returns the client and the plain secret,
-    which is stored only hashed: show it once."""
+    which is stored only hashed: show it once (empty for a public client, which has none)."""
     with write_as(actor):
-        secret = generate_client_secret()
-        application = Application(
-            name=f"{district.code}: {name}"[:255],
-            client_type=Application.CLIENT_CONFIDENTIAL,
-            authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
-            client_secret=secret,
-            hash_client_secret=True,
-        )
-        application.full_clean(exclude=["user"])
-        application.save()
         client = ApiClient(
             district=district,
-            application=application,
+            grant_type=grant_type,
+            client_type=client_type,
+            redirect_uris=redirect_uris,
             name=name,
             contact_name=contact_name,
             contact_email=contact_email,
@@ -56,6 +52,7 @@ def api_client_create(
             rate_per_minute=rate_per_minute,
             rate_per_hour=rate_per_hour,
         )
+        secret = api_client_attach_credentials(actor=actor, client=client)
         model_save(instance=client, actor=actor, emit=False)
         client.allowed_schools.set(allowed_schools)
         api_client_service_user(client=client)
@@ -82,19 +79,75 @@ def api_client_service_user(*, client: ApiClient):
     return user
 
 
+def _apply_oauth_settings(application: Application, client: ApiClient) -> None:
+    """Copy what the district admin chose on the client onto its OAuth2 application."""
+    district_code = client.district.code if client.district_id else "?"
+    application.name = f"{district_code}: {client.name}"[:255]
+    application.authorization_grant_type = (
+        Application.GRANT_AUTHORIZATION_CODE
+        if client.grant_type == GrantType.AUTHORIZATION_CODE
+        else Application.GRANT_CLIENT_CREDENTIALS
+    )
+    application.client_type = (
+        Application.CLIENT_PUBLIC
+        if client.client_type == ClientType.PUBLIC
+        else Application.CLIENT_CONFIDENTIAL
+    )
+    application.redirect_uris = " ".join(client.redirect_uris.split())
+    # Staff always see the consent page: it names the vendor, the purpose and the scopes.
+    application.skip_authorization = False
+    application.algorithm = Application.NO_ALGORITHM
+
+
+def api_client_check_oauth(*, client: ApiClient) -> None:
+    """Raise ValidationError, keyed by the client's fields, when django-oauth-toolkit would
+    refuse the client's grant, type or redirect URIs (forms call this before saving)."""
+    application = Application(client_secret="", hash_client_secret=True)
+    _apply_oauth_settings(application, client)
+    _clean_application(application)
+
+
+def _clean_application(application: Application) -> None:
+    """django-oauth-toolkit's own checks (redirect URI schemes, grant needs), named by the
+    client's field so the admin form shows them there."""
+    try:
+        application.full_clean(exclude=["user", "client_secret", "client_id"])
+    except ValidationError as exc:
+        errors = exc.message_dict
+        raise ValidationError(
+            {
+                "redirect_uris" if field in ("redirect_uris", "__all__") else field: messages
+                for field, messages in errors.items()
+            }
+        ) from None
+
+
 def api_client_attach_credentials(*, actor, client: ApiClient) -> str:
-    """Create the OAuth2 application of a client built in the admin; returns the secret."""
+    """Create the OAuth2 application of a new client; returns the secret (empty for a public
+    client) to show once."""
     with write_as(actor):
-        secret = generate_client_secret()
-        application = Application.objects.create(
-            name=f"{client.district.code}: {client.name}"[:255],
-            client_type=Application.CLIENT_CONFIDENTIAL,
-            authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
-            client_secret=secret,
-            hash_client_secret=True,
-        )
+        secret = "" if client.client_type == ClientType.PUBLIC else generate_client_secret()
+        application = Application(client_secret=secret, hash_client_secret=True)
+        _apply_oauth_settings(application, client)
+        _clean_application(application)
+        application.save()
         client.application = application
     return secret
+
+
+def api_client_sync_application(*, actor, client: ApiClient) -> None:
+    """After an edit of the client: its grant, type and redirect URIs on the application.
+
+    Changing the grant or the client type drops the tokens issued under the old settings.
+    """
+    with write_as(actor):
+        application = client.application
+        before = (application.authorization_grant_type, application.client_type)
+        _apply_oauth_settings(application, client)
+        _clean_application(application)
+        application.save()
+        if before != (application.authorization_grant_type, application.client_type):
+            _drop_tokens(application)
 
 
 def api_client_rotate_secret(*, actor, client: ApiClient) -> str:
@@ -102,6 +155,8 @@ def api_client_rotate_secret(*, actor, client: ApiClient) -> str:
     with write_as(actor):
         if client.revoked_at:
             raise ValidationError("A revoked client cannot get a new secret.")
+        if client.client_type == ClientType.PUBLIC:
+            raise ValidationError("A public client has no secret to rotate.")
         secret = generate_client_secret()
         application = client.application
         application.client_secret = secret

@@ -18,18 +18,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from bxos.api.disclosure import disclosure_record
 from bxos.api.models import IdempotencyRecord
 from bxos.api.scopes import BEHAVIOR_WRITE
-from bxos.api.services import api_client_service_user
 from bxos.behavior import choices as bch
 from bxos.behavior import services as behavior_services
-from bxos.behavior.models import BehaviorSupportRequest, Descriptor
-from bxos.common.permissions import VIEW, restrict
+from bxos.behavior.models import BehaviorSupportRequest, Descriptor, Incident
+from bxos.common.permissions import ADD, CHANGE, VIEW, restrict
 from bxos.schools.models import School, Staff, Student
 
 
@@ -111,7 +110,14 @@ class BsrTransitionIn(serializers.Serializer):
 
 def _visible(client, model, pk: int, field: str, label: str):
     """The row if this client may see it, else a 400 naming the field."""
-    obj = restrict(model._default_manager.filter(pk=pk), client, VIEW).first()
+    rows = model._default_manager.filter(pk=pk)
+    if model is Staff and client.acting_for is not None:
+        # A person acting through an app may always name themselves (as the reporter or
+        # requester), even in a role that cannot list staff.
+        own = rows.filter(user=client.acting_for, district_id=client.district_id).first()
+        if own is not None:
+            return own
+    obj = restrict(rows, client, VIEW).first()
     if obj is None:
         raise ValidationError({field: [f"No {label} with id {pk} here."]})
     return obj
@@ -140,6 +146,20 @@ class WriteMixin:
         return BEHAVIOR_WRITE
 
     # --- request checks, idempotency ------------------------------------------------------
+
+    @staticmethod
+    def _require_staff_may(request, model, action: str) -> None:
+        """An app acting for a staff member writes only what that person may write: the
+        scope alone is not enough (403 naming the person and the missing permission)."""
+        user = request.user.acting_for
+        if user is None:
+            return
+        opts = model._meta
+        if not user.has_perm(f"{opts.app_label}.{action}_{opts.model_name}"):
+            raise PermissionDenied(
+                f"{user.get_username()}, for whom this app acts, may not {action} "
+                f"{opts.verbose_name_plural}."
+            )
 
     def _body(self, request) -> dict:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -211,6 +231,8 @@ class WriteMixin:
 
 class IncidentWrites(WriteMixin):
     def create(self, request, *args, **kwargs):
+        self._require_staff_may(request, Incident, ADD)
+
         def work(body):
             data = IncidentIn(data=body)
             data.is_valid(raise_exception=True)
@@ -246,7 +268,7 @@ class IncidentWrites(WriteMixin):
                     extra[model_name] = v[api_name]
             try:
                 incident = behavior_services.incident_create(
-                    actor=api_client_service_user(client=client),
+                    actor=client.audit_actor,
                     student=student,
                     school=school,
                     reported_by=staff,
@@ -266,6 +288,8 @@ class IncidentWrites(WriteMixin):
 
 class BsrWrites(WriteMixin):
     def create(self, request, *args, **kwargs):
+        self._require_staff_may(request, BehaviorSupportRequest, ADD)
+
         def work(body):
             data = BsrIn(data=body)
             data.is_valid(raise_exception=True)
@@ -273,7 +297,7 @@ class BsrWrites(WriteMixin):
             client = request.user
             try:
                 bsr = behavior_services.bsr_submit(
-                    actor=api_client_service_user(client=client),
+                    actor=client.audit_actor,
                     student=_visible(client, Student, v["studentId"], "studentId", "student"),
                     school=_visible(client, School, v["schoolId"], "schoolId", "school"),
                     requested_by=_visible(
@@ -290,6 +314,7 @@ class BsrWrites(WriteMixin):
     @action(detail=True, methods=["post"], url_path="transitions")
     def transitions(self, request, pk=None, *args, **kwargs):
         """Move a request through its workflow (triage, start, resolve, escalate, close)."""
+        self._require_staff_may(request, BehaviorSupportRequest, CHANGE)
 
         def work(body):
             data = BsrTransitionIn(data=body)
@@ -300,9 +325,7 @@ class BsrWrites(WriteMixin):
                 bsr_id = int(pk)
             except (TypeError, ValueError):
                 raise NotFound(f"No behaviorSupportRequests record with id {pk}.") from None
-            bsr = restrict(
-                BehaviorSupportRequest.objects.filter(pk=bsr_id), client, "change"
-            ).first()
+            bsr = restrict(BehaviorSupportRequest.objects.filter(pk=bsr_id), client, CHANGE).first()
             if bsr is None:
                 raise NotFound(f"No behaviorSupportRequests record with id {bsr_id}.")
             assignee = None
@@ -310,7 +333,7 @@ class BsrWrites(WriteMixin):
                 assignee = _visible(client, Staff, v["assigneeId"], "assigneeId", "staff member")
             try:
                 bsr = behavior_services.bsr_transition(
-                    actor=api_client_service_user(client=client),
+                    actor=client.audit_actor,
                     bsr=bsr,
                     to_state=v["toState"],
                     note=v.get("note", ""),

@@ -27,6 +27,8 @@ def test_create_client_shows_the_secret_once_and_stores_it_hashed(north, client)
             "allowed_schools": [north.school_a.pk],
             "rate_per_minute": "120",
             "rate_per_hour": "5000",
+            "grant_type": "client-credentials",
+            "client_type": "confidential",
         },
     )
     assert response.status_code == 302, response.context["adminform"].form.errors
@@ -96,3 +98,66 @@ def test_who_received_this_students_data_and_csv(north, south, client):
     body = b"".join(export.streaming_content).decode()
     assert export["Content-Type"] == "text/csv"
     assert "Reading groups" in body and str(north.a2.pk) in body and "def" not in body
+
+
+def _code_client_form(north, **overrides):
+    data = {
+        "name": "Counselor Notes App",
+        "contact_name": "Ann",
+        "contact_email": "ann@notes.example",
+        "purpose": "Counselors' session notes",
+        "contract_end_date": (date.today() + timedelta(days=200)).isoformat(),
+        "status": "production",
+        "scopes": ["roster.readonly", "behavior.readonly"],
+        "rate_per_minute": "120",
+        "rate_per_hour": "5000",
+        "grant_type": "authorization-code",
+        "client_type": "public",
+        "redirect_uris": "https://notes.example/callback\nhttp://127.0.0.1:8123/cb",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_oauth_settings_are_checked_on_their_fields(north, client):
+    client.force_login(north.users["district_admin"])
+    url = reverse("admin:api_apiclient_add")
+    cases = [
+        ({"redirect_uris": ""}, "redirect_uris", "needs at least one redirect URI"),
+        (
+            {"grant_type": "client-credentials"},
+            "client_type",
+            "can only use the authorization code grant",
+        ),
+        ({"redirect_uris": "ftp://notes.example/cb"}, "redirect_uris", "ftp"),
+    ]
+    for overrides, field, fragment in cases:
+        response = client.post(url, _code_client_form(north, **overrides))
+        assert response.status_code == 200, overrides
+        errors = response.context["adminform"].form.errors
+        assert fragment in " ".join(errors.get(field, [])), (overrides, errors)
+    assert not ApiClient.objects.filter(name="Counselor Notes App").exists()
+    assert not Application.objects.filter(name__contains="Counselor Notes App").exists()
+
+
+def test_public_code_client_gets_no_secret_and_edits_reach_the_application(north, client):
+    client.force_login(north.users["district_admin"])
+    response = client.post(reverse("admin:api_apiclient_add"), _code_client_form(north))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    api_client = ApiClient.objects.get(name="Counselor Notes App")
+    app = Application.objects.get(pk=api_client.application_id)
+    assert app.client_type == Application.CLIENT_PUBLIC
+    assert app.authorization_grant_type == Application.GRANT_AUTHORIZATION_CODE
+    assert app.redirect_uris == "https://notes.example/callback http://127.0.0.1:8123/cb"
+    text = " ".join(str(m) for m in get_messages(response.wsgi_request))
+    assert "public client has no secret" in text and "client secret" not in text
+
+    change = _code_client_form(
+        north, redirect_uris="https://notes.example/v2/callback", client_type="confidential"
+    )
+    change["allowed_schools"] = []
+    response = client.post(reverse("admin:api_apiclient_change", args=[api_client.pk]), change)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    app.refresh_from_db()
+    assert app.redirect_uris == "https://notes.example/v2/callback"
+    assert app.client_type == Application.CLIENT_CONFIDENTIAL

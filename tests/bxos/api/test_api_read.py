@@ -15,7 +15,7 @@ from bxos.api.services import api_client_create, api_client_revoke
 from bxos.common.services import model_update
 from bxos.schools.models import Student
 
-ALL_READ = [s for s in scopes.SCOPES if s not in scopes.WRITE_SCOPES]
+ALL_READ = [s for s in scopes.SCOPES if s not in scopes.WRITE_SCOPES and s != scopes.INTROSPECTION]
 
 
 def make_client(
