@@ -281,6 +281,31 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# --- Outbound HTTP (webhook delivery, connectors): bxos/common/outbound.py -----------------
+OUTBOUND_HTTP = {
+    # Loopback (127.0.0.0/8, ::1) is refused like every other non-public address. The test
+    # suite turns this on to reach the servers it starts on 127.0.0.1; it never opens private,
+    # link-local or other ranges, and production leaves it off.
+    "ALLOW_LOOPBACK": False,
+    # Plain http is allowed for receivers that have no certificate; production may restrict
+    # this to ["https"].
+    "ALLOWED_SCHEMES": ["https", "http"],
+    # Seconds. TOTAL_TIMEOUT is the deadline for a whole request (redirects and reading the
+    # body included), so a receiver trickling bytes cannot hold a worker longer.
+    "CONNECT_TIMEOUT": 5.0,
+    "READ_TIMEOUT": 10.0,
+    "WRITE_TIMEOUT": 10.0,
+    "TOTAL_TIMEOUT": 15.0,
+    # Bytes of a response body kept for the delivery record; the rest is never read.
+    "MAX_RESPONSE_BYTES": 16 * 1024,
+    # Only when a caller opts in to following redirects (webhooks do not).
+    "MAX_REDIRECTS": 5,
+    "MAX_CONNECTIONS": 20,
+    "USER_AGENT": "BX-OS-Integration-Hub",
+    # (host, port) -> list of address strings; tests point it at a function of their own.
+    "RESOLVER": "bxos.common.outbound.system_resolve",
+}
+
 # --- Logging -------------------------------------------------------------------------------
 LOGGING = {
     "version": 1,
