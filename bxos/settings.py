@@ -219,12 +219,19 @@ API = {
     # Lifecycle of each API version: status current, deprecated (with "deprecated" and
     # "sunset" dates: Deprecation and Sunset headers) or sunset (410).
     "VERSIONS": {"v1": {"status": "current"}},
-    # Largest request body a write accepts (413 above it).
+    # Largest request body a write or a GraphQL request accepts (413 above it).
     "MAX_BODY_BYTES": env.int("API_MAX_BODY_BYTES", default=64 * 1024),
     "DEFAULT_PAGE_SIZE": 100,
     # How long a process uses a client's throttle rules and exceptions before reading them
     # again: an admin's edit takes effect within this many seconds.
     "THROTTLE_RULES_TTL_SECONDS": 5,
+    # /api/graphql/ refuses documents nested deeper than this (fields below the top level),
+    "GRAPHQL_MAX_DEPTH": 6,
+    # that may read more rows than this (each list's `first`, times the lists above it, summed),
+    "GRAPHQL_MAX_COST": 50_000,
+    # or that have more aliases or tokens than these.
+    "GRAPHQL_MAX_ALIASES": 30,
+    "GRAPHQL_MAX_TOKENS": 2_000,
 }
 
 # --- OpenAPI 3 schema (/api/schema/) and its docs (/api/docs/, /api/redoc/) ------------------

@@ -3,6 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from bxos.api.graphql.view import GraphQLView
 from bxos.api.oauth_views import urlpatterns as oauth_urls
 from bxos.api.schema import RedocView, SchemaView, SwaggerView
 from bxos.common.views import healthz
@@ -15,6 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("o/", include((oauth_urls, "oauth2_provider"), namespace="oauth2_provider")),
     path("api/v1/", include(("bxos.api.urls", "api"), namespace="v1")),
+    path("api/graphql/", GraphQLView.as_view(), name="graphql"),
     # OpenAPI 3 schema and its docs; public (no token): the schema holds no data.
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),

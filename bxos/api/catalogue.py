@@ -17,6 +17,9 @@ from django.http import JsonResponse
 from django.urls import URLPattern, URLResolver, get_resolver
 
 CURRENT, DEPRECATED, SUNSET = "current", "deprecated", "sunset"
+# Versioned REST paths, and GraphQL, which has no version in its path: its view names the
+# version whose resources it serves (``api_version``).
+API_ROUTES = ("api/v", "api/graphql/")
 
 
 def version_info(version: str) -> dict:
@@ -38,11 +41,11 @@ def endpoints() -> list[dict]:
 
     found = []
     for route, pattern in _walk(get_resolver().url_patterns):
-        if not route.startswith("api/v") or pattern.name in (None, "not-found"):
+        if not route.startswith(API_ROUTES) or pattern.name in (None, "not-found"):
             continue
-        version = route.split("/")[1]
         callback = pattern.callback
         view_class = getattr(callback, "cls", None)
+        version = getattr(view_class, "api_version", None) or route.split("/")[1]
         actions = getattr(callback, "actions", None)
         if actions:
             # DRF adds "head" to this map after a view's first request: leave it out, with
@@ -67,7 +70,11 @@ def endpoints() -> list[dict]:
                 "name": pattern.name,
                 "resource": resource,
                 "scope": scope,
-                "write_scope": BEHAVIOR_WRITE if set(methods) - {"GET"} else "",
+                "write_scope": (
+                    BEHAVIOR_WRITE
+                    if set(methods) - {"GET"} and not getattr(view_class, "read_only", False)
+                    else ""
+                ),
             }
         )
     return found

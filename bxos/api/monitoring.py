@@ -61,7 +61,7 @@ class ApiMonitoringMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if not request.path.startswith("/api/v"):
+        if not request.path.startswith(("/api/v", "/api/graphql/")):
             return self.get_response(request)
         started = time.perf_counter()
         response = self.get_response(request)

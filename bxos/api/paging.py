@@ -36,17 +36,14 @@ class Page:
         return self.min_cv is not None or self.max_cv is not None
 
 
-def _int(request, name: str, *, minimum: int = 0) -> int | None:
+def _int(request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
         raise BadParameter(name, f"must be a whole number, not {raw!r}") from None
-    if value < minimum:
-        raise BadParameter(name, f"must be at least {minimum}")
-    return value
 
 
 def encode_cursor(key: tuple[int, ...], page: Page) -> str:
@@ -74,17 +71,41 @@ def parse_page(request, allowed_filters: set[str], *, windowed: bool = False) ->
     if unknown:
         known = ", ".join(sorted(PAGING_PARAMS | allowed_filters))
         raise BadParameter(unknown[0], f"is not a parameter of this list; known: {known}")
+    return page_from(
+        limit=_int(request, "limit"),
+        min_cv=_int(request, "minChangeVersion"),
+        max_cv=_int(request, "maxChangeVersion"),
+        after=request.query_params.get("after"),
+        windowed=windowed,
+    )
+
+
+def page_from(
+    *,
+    limit: int | None,
+    min_cv: int | None,
+    max_cv: int | None,
+    after: str | None,
+    windowed: bool = False,
+    limit_name: str = "limit",
+) -> Page:
+    """The page asked for by these values (REST query parameters or GraphQL arguments, which
+    call the page size ``first``: ``limit_name``). Errors name the parameter at fault."""
+    for name, value, minimum in (
+        (limit_name, limit, 1),
+        ("minChangeVersion", min_cv, 0),
+        ("maxChangeVersion", max_cv, 0),
+    ):
+        if value is not None and value < minimum:
+            raise BadParameter(name, f"must be at least {minimum}")
     limits = settings.API
-    limit = _int(request, "limit", minimum=1) or limits["DEFAULT_PAGE_SIZE"]
+    limit = limit or limits["DEFAULT_PAGE_SIZE"]
     capped = limit > limits["MAX_PAGE_SIZE"]
     limit = min(limit, limits["MAX_PAGE_SIZE"])
-    min_cv = _int(request, "minChangeVersion")
-    max_cv = _int(request, "maxChangeVersion")
-    after = None
-    raw_after = request.query_params.get("after")
-    if raw_after:
-        cursor = _decode_cursor(raw_after)
-        after = tuple(cursor["k"])
+    after_key = None
+    if after:
+        cursor = _decode_cursor(after)
+        after_key = tuple(cursor["k"])
         # The cursor's window wins: the upper bound fixed on the first page holds.
         min_cv, max_cv = cursor.get("min"), cursor.get("max")
     if min_cv is not None and max_cv is not None and min_cv > max_cv:
@@ -93,16 +114,21 @@ def parse_page(request, allowed_filters: set[str], *, windowed: bool = False) ->
         )
     if windowed and min_cv is None:
         min_cv = 0
-    page = Page(limit=limit, capped=capped, min_cv=min_cv, max_cv=max_cv, after=after)
+    page = Page(limit=limit, capped=capped, min_cv=min_cv, max_cv=max_cv, after=after_key)
     if page.by_change_version and page.max_cv is None:
         page.max_cv = safe_change_version()
         if page.min_cv is not None and page.min_cv > page.max_cv:
             # Nothing newer is safely committed yet: an empty window that keeps the client's
             # place (its next minChangeVersion stays where it is).
             page.max_cv = page.min_cv - 1
-    if after is not None and len(after) != (2 if page.by_change_version else 1):
+    if after_key is not None and len(after_key) != (2 if page.by_change_version else 1):
         raise BadParameter("after", "does not belong to this kind of list")
     return page
+
+
+def last_key(row: dict, page: Page) -> tuple[int, ...]:
+    """The key set of a list's last row, which the next page's cursor carries."""
+    return (row["changeVersion"], row["id"]) if page.by_change_version else (row["id"],)
 
 
 def apply_page(

@@ -154,7 +154,7 @@ class LocalTimeField(serializers.TimeField):
     not JSON Schema's "time" format, which needs one."""
 
 
-def _model_field(model: type[models.Model], path: str) -> tuple[models.Field, bool]:
+def model_field(model: type[models.Model], path: str) -> tuple[models.Field, bool]:
     """The model field an ORM path ends at, and whether any step of the path may be null."""
     nullable = False
     *hops, last = path.split("__")
@@ -166,17 +166,18 @@ def _model_field(model: type[models.Model], path: str) -> tuple[models.Field, bo
     return field, nullable or field.null
 
 
-def _help(field: models.Field) -> str:
+def field_help(field: models.Field) -> str:
+    """A model field's description: its help text, else its verbose name."""
     text = str(field.help_text or "")
     return text or capfirst(str(field.verbose_name))
 
 
 def _api_field(api_name: str, model: type[models.Model], path: str) -> serializers.Field:
-    field, nullable = _model_field(model, path)
+    field, nullable = model_field(model, path)
     options = {
         "required": api_name in ALWAYS_SENT,
         "allow_null": nullable,
-        "help_text": _help(field),
+        "help_text": field_help(field),
     }
     if field.is_relation:  # a foreign key's column: the related row's id
         return serializers.IntegerField(**options)
@@ -282,7 +283,7 @@ PAGING = [
 def filter_parameters(resource: Resource) -> list[OpenApiParameter]:
     params = []
     for name, lookup in resource.filters.items():
-        field, _ = _model_field(resource.model, lookup)
+        field, _ = model_field(resource.model, lookup)
         if field.is_relation or lookup == "id" or lookup.endswith("_id"):
             kind, enum = int, None
         elif isinstance(field, models.DateField):

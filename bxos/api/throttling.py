@@ -6,8 +6,9 @@ Which limits apply to a request (``effective_limits``)
 - Every active ``ThrottleRule`` of the client's district that matches the request: its client
   is empty or this client, its scope is empty or the scope the view requires, and its endpoint
   group is empty, the resource's name ("meta" for views that are not a resource), or "writes"
-  for a method other than GET/HEAD/OPTIONS. A rule allows ``rate_per_minute + burst`` requests
-  per minute and ``rate_per_hour`` per hour.
+  for a method other than GET/HEAD/OPTIONS. A GraphQL request (always a read) matches as
+  "meta" and as every resource its document names, with that resource's scope. A rule allows
+  ``rate_per_minute + burst`` requests per minute and ``rate_per_hour`` per hour.
 - A live ``ThrottleException`` of the client (``starts_at <= now < expires_at``) replaces all of
   the above, raising or lowering the limits; when several are live, the one that started last
   wins (the newest decision).
@@ -227,11 +228,15 @@ def effective_limits(
     group: str,
     write: bool,
     now: datetime | None = None,
+    also: Sequence[tuple[str | None, str]] = (),
 ) -> list[Limit]:
     """Every quota a request of ``client`` is counted against (see the module docstring).
 
     ``scope`` is the scope the view requires (None: none), ``group`` the resource name or
-    "meta", ``write`` whether the method changes data.
+    "meta", ``write`` whether the method changes data. ``also``: more (scope, group) pairs the
+    request counts as; a GraphQL query reading several resources is counted once against the
+    limits of each, so a district's rule for a resource or a scope holds whichever way the
+    data is asked for.
     """
     now = now or timezone.now()
     data = _client_rules(client)
@@ -248,8 +253,9 @@ def effective_limits(
         (base, MINUTE): Limit(base, MINUTE, client.rate_per_minute, own),
         (base, HOUR): Limit(base, HOUR, client.rate_per_hour, own),
     }
+    targets = ((scope, group), *also)
     for rule in data.rules:
-        if not _rule_matches(rule, scope=scope, group=group, write=write):
+        if not any(_rule_matches(rule, scope=s, group=g, write=write) for s, g in targets):
             continue
         subject = counter_subject(client.pk, rule.scope, rule.group)
         source = _rule_source(rule)
@@ -416,9 +422,17 @@ class RateLimitState:
         return "Rate limit reached: " + " and ".join(hit) + "."
 
 
-def check_rate(client: ApiClient, *, scope: str | None, group: str, write: bool) -> RateLimitState:
-    """Count one request of ``client`` against every limit that applies to it."""
-    limits = effective_limits(client, scope=scope, group=group, write=write)
+def check_rate(
+    client: ApiClient,
+    *,
+    scope: str | None,
+    group: str,
+    write: bool,
+    also: Sequence[tuple[str | None, str]] = (),
+) -> RateLimitState:
+    """Count one request of ``client`` against every limit that applies to it (``also``:
+    see ``effective_limits``)."""
+    limits = effective_limits(client, scope=scope, group=group, write=write, also=also)
     hits = record_hits([(limit.subject, limit.window) for limit in limits])
     return RateLimitState(
         tuple(WindowState(limit, *hits[(limit.subject, limit.window)]) for limit in limits)
@@ -456,11 +470,15 @@ class ClientRateThrottle(BaseThrottle):
             return True
         required_scope = getattr(view, "required_scope", None)
         resource = getattr(view, "resource", None)
+        # A view reading several resources per request (GraphQL) names them all.
+        rate_groups = getattr(view, "rate_groups", None)
         state = check_rate(
             client,
             scope=required_scope(request) if callable(required_scope) else None,
             group=resource.name if resource is not None else META_GROUP,
-            write=request.method not in SAFE_METHODS,
+            # GraphQL sends its queries by POST: a read-only view is never a write.
+            write=request.method not in SAFE_METHODS and not getattr(view, "read_only", False),
+            also=rate_groups(request) if callable(rate_groups) else (),
         )
         setattr(request, _STATE_ATTR, state)
         self._state = state

@@ -6,6 +6,11 @@ The work lives elsewhere: the gate (restrict with the client as actor), the scop
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import QuerySet
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -13,7 +18,7 @@ from rest_framework.views import APIView
 
 from bxos.api.disclosure import disclosure_record
 from bxos.api.errors import BadParameter
-from bxos.api.paging import apply_page, page_meta, parse_page
+from bxos.api.paging import apply_page, last_key, page_meta, parse_page
 from bxos.api.resources import RESOURCES, Resource
 from bxos.api.throttling import RateLimitHeadersMixin
 from bxos.common.db import safe_change_version
@@ -21,6 +26,70 @@ from bxos.common.models import Tombstone
 from bxos.common.permissions import VIEW, restrict
 
 STUDENT_KEY = "__student"
+
+
+# --- Selectors: every face of the API (REST here, GraphQL in bxos.api.graphql) reads through
+# these, so the gate, the field profile and the filters cannot differ between them.
+
+
+def resource_queryset(resource: Resource, actor) -> QuerySet:
+    """The rows of ``resource`` that ``actor`` may see (the one gate)."""
+    return restrict(resource.model._default_manager.all(), actor, VIEW)
+
+
+def resource_fields(resource: Resource, actor) -> dict[str, str]:
+    """The fields of ``resource`` that ``actor``'s field profile lets it receive."""
+    profile = actor.field_profile
+    allowed = profile.fields.get(resource.name) if profile else None
+    return resource.selected(allowed)
+
+
+def resource_rows(
+    resource: Resource, queryset: QuerySet, fields: dict[str, str]
+) -> tuple[list[dict], list[int]]:
+    """The rows of ``queryset`` as ``fields`` (API name -> ORM path), and for each row the
+    id of the student it is about (empty when the resource holds no student data)."""
+    names = list(fields)
+    paths = list(fields.values())
+    student_at = None
+    if resource.student:
+        # Read once even when a field is the same column: a query wrapped in a subquery (a
+        # filter on a window function) keeps one of two same-named columns.
+        if resource.student not in paths:
+            paths.append(resource.student)
+        student_at = paths.index(resource.student)
+    rows, students = [], []
+    for values in queryset.values_list(*paths):
+        rows.append(dict(zip(names, values, strict=False)))
+        if student_at is not None:
+            students.append(values[student_at])
+    return rows, students
+
+
+def whole_number(parameter: str, raw: Any) -> int:
+    """``raw`` (a query parameter, a path segment, a GraphQL ID) as an id, or a 400 naming
+    ``parameter``."""
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise BadParameter(parameter, f"must be a whole number, not {raw!r}") from None
+
+
+def resource_filter(resource: Resource, queryset: QuerySet, params: Mapping[str, Any]) -> QuerySet:
+    """``queryset`` narrowed by the resource's filters present in ``params``."""
+    for param, lookup in resource.filters.items():
+        raw = params.get(param)
+        if raw is None:
+            continue
+        if isinstance(raw, str) and "\x00" in raw:
+            raise BadParameter(param, "must not contain NUL characters")
+        if lookup.endswith("_id") or lookup == "id":
+            raw = whole_number(param, raw)
+        try:
+            queryset = queryset.filter(**{lookup: raw})
+        except DjangoValidationError as exc:  # a value the field cannot hold (a bad date)
+            raise BadParameter(param, " ".join(exc.messages)) from None
+    return queryset
 
 
 class ResourceViewSet(RateLimitHeadersMixin, viewsets.ViewSet):
@@ -32,40 +101,16 @@ class ResourceViewSet(RateLimitHeadersMixin, viewsets.ViewSet):
     # --- reading ------------------------------------------------------------------------
 
     def _fields(self, request) -> dict[str, str]:
-        profile = request.user.field_profile
-        allowed = profile.fields.get(self.resource.name) if profile else None
-        return self.resource.selected(allowed)
+        return resource_fields(self.resource, request.user)
 
     def _queryset(self, request):
-        model = self.resource.model
-        return restrict(model._default_manager.all(), request.user, VIEW)
+        return resource_queryset(self.resource, request.user)
 
     def _rows(self, queryset, fields: dict[str, str]) -> tuple[list[dict], list[int]]:
-        names = list(fields)
-        paths = list(fields.values())
-        if self.resource.student:
-            paths.append(self.resource.student)
-        rows, students = [], []
-        for values in queryset.values_list(*paths):
-            rows.append(dict(zip(names, values, strict=False)))
-            if self.resource.student:
-                students.append(values[-1])
-        return rows, students
+        return resource_rows(self.resource, queryset, fields)
 
     def _filtered(self, request, queryset):
-        for param, lookup in self.resource.filters.items():
-            raw = request.query_params.get(param)
-            if raw is None:
-                continue
-            if "\x00" in raw:
-                raise BadParameter(param, "must not contain NUL characters")
-            if lookup.endswith("_id") or lookup == "id":
-                try:
-                    raw = int(raw)
-                except ValueError:
-                    raise BadParameter(param, f"must be a whole number, not {raw!r}") from None
-            queryset = queryset.filter(**{lookup: raw})
-        return queryset
+        return resource_filter(self.resource, queryset, request.query_params)
 
     def list(self, request, *args, **kwargs):
         page = parse_page(request, set(self.resource.filters))
@@ -75,20 +120,11 @@ class ResourceViewSet(RateLimitHeadersMixin, viewsets.ViewSet):
         has_more = len(rows) > page.limit
         rows, students = rows[: page.limit], students[: page.limit]
         disclosure_record(client=request.user, request=request, student_ids=students)
-        last = None
-        if rows:
-            last = (
-                (rows[-1]["changeVersion"], rows[-1]["id"])
-                if page.by_change_version
-                else (rows[-1]["id"],)
-            )
+        last = last_key(rows[-1], page) if rows else None
         return Response({"data": rows, **page_meta(request, page, last, has_more)})
 
     def retrieve(self, request, pk=None, *args, **kwargs):
-        try:
-            pk = int(pk)
-        except (TypeError, ValueError):
-            raise BadParameter("id", f"must be a whole number, not {pk!r}") from None
+        pk = whole_number("id", pk)
         rows, students = self._rows(self._queryset(request).filter(pk=pk), self._fields(request))
         if not rows:
             from rest_framework.exceptions import NotFound
