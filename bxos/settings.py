@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "bxos.schools",
     "bxos.behavior",
     "bxos.api",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -311,6 +312,24 @@ OUTBOUND_HTTP = {
     "USER_AGENT": "BX-OS-Integration-Hub",
     # (host, port) -> list of address strings; tests point it at a function of their own.
     "RESOLVER": "bxos.common.outbound.system_resolve",
+}
+
+# --- Webhooks (webhooks/): see docs/development/decisions.md, "Webhooks" ---------------------
+WEBHOOKS = {
+    # A delivery is leased this long: longer than the slowest request (OUTBOUND_HTTP's
+    # TOTAL_TIMEOUT) plus recording, so a live worker never loses its lease.
+    "LEASE_SECONDS": 60,
+    "BATCH_SIZE": env.int("WEBHOOK_BATCH_SIZE", default=200),
+    # One dispatch task sends batches for at most this long, then leaves the rest to the next.
+    "DISPATCH_BUDGET_SECONDS": 20,
+    # Bodies over this are not sent: the delivery fails at once and says why.
+    "MAX_PAYLOAD_BYTES": 256 * 1024,
+    "DISABLE_AFTER_DAYS": 5,
+    "SECRET_GRACE_HOURS": 24,
+    # A receiver's Retry-After is honoured up to this many seconds.
+    "RETRY_AFTER_CAP_SECONDS": 6 * 3600,
+    # How often beat runs the sweep (the guarantee behind the after-commit wake-up).
+    "SWEEP_SECONDS": 5,
 }
 
 # --- Logging -------------------------------------------------------------------------------

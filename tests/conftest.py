@@ -36,9 +36,12 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _shared_worlds(django_db_setup, django_db_blocker):
-    # Autouse at session scope: built before any test's transaction opens, so it is committed.
+    # Session scope: pytest sets it up before any function-scoped fixture of the first test that
+    # asks for a world (the world fixtures name it as a parameter), so it is built outside that
+    # test's transaction and committed. Not autouse: a run of tests that need no database must
+    # not build worlds (pytest-django would then point at the development database).
     with django_db_blocker.unblock():
         return {"north": build_district("north"), "south": build_district("south")}
 
@@ -53,10 +56,10 @@ def _fresh(value):
     return copy.copy(value)
 
 
-def _world(request, name):
+def _world(request, shared_worlds, name):
     from bxos.schools.models import District
 
-    shared = request.getfixturevalue("_shared_worlds")[name]
+    shared = shared_worlds[name]
     marker = request.node.get_closest_marker("django_db")
     if marker and marker.kwargs.get("transaction"):
         request.getfixturevalue("transactional_db")
@@ -71,13 +74,13 @@ def _world(request, name):
 
 
 @pytest.fixture
-def north(request):
-    return _world(request, "north")
+def north(request, _shared_worlds):
+    return _world(request, _shared_worlds, "north")
 
 
 @pytest.fixture
-def south(request):
-    return _world(request, "south")
+def south(request, _shared_worlds):
+    return _world(request, _shared_worlds, "south")
 
 
 @pytest.fixture

@@ -29,3 +29,24 @@ def disclosure_record(
         request_id=getattr(request, "request_id", "")[:64],
         acting_user=client.acting_for,
     )
+
+
+def disclosure_record_delivery(
+    *, client_id: int, endpoint: str, student_ids: Iterable[int], request_id: str
+) -> None:
+    """One row for a webhook delivery that carried students' data to a vendor's endpoint."""
+    ids = sorted({i for i in student_ids if i is not None})
+    if not ids:
+        return
+    client = ApiClient.objects.only("district_id", "purpose").get(pk=client_id)
+    DisclosureLogEntry.objects.create(
+        client_id=client_id,
+        district_id=client.district_id,
+        purpose=client.purpose,
+        endpoint=endpoint[:200],
+        method="PUSH",
+        query="",
+        student_ids=ids,
+        count=len(ids),
+        request_id=request_id[:64],
+    )

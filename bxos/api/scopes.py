@@ -10,6 +10,7 @@ GRADES = "grades.readonly"
 BEHAVIOR = "behavior.readonly"
 BEHAVIOR_WRITE = "behavior.write"
 INTROSPECTION = "introspection"
+WEBHOOKS_MANAGE = "webhooks:manage"
 
 SCOPES: dict[str, str] = {
     ROSTER: "Schools, sessions, students, staff, enrollments, sections and section enrollments",
@@ -19,6 +20,7 @@ SCOPES: dict[str, str] = {
     GRADES: "Grades per grading period",
     BEHAVIOR: "Incidents, behavior support requests and interventions",
     BEHAVIOR_WRITE: "Create incidents and behavior support requests; move requests' status",
+    WEBHOOKS_MANAGE: "Manage the client's own webhook endpoints, see and replay their deliveries",
     INTROSPECTION: "Ask whether an access token is active (for the district's resource servers)",
 }
 WRITE_SCOPES = {BEHAVIOR_WRITE}

@@ -6,20 +6,25 @@ so an admin's edit is never overwritten.
 
 from __future__ import annotations
 
-# name -> (task, every N minutes)
-DEFAULT_SCHEDULES: dict[str, tuple[str, int]] = {
-    "Escalate overdue behavior support requests": ("behavior.escalate_overdue_bsrs", 15),
-    "Purge old API rate-limit counters": ("api.purge_rate_counters", 30),
+# name -> (task, every N, unit: "minutes" or "seconds")
+DEFAULT_SCHEDULES: dict[str, tuple[str, int, str]] = {
+    "Escalate overdue behavior support requests": (
+        "behavior.escalate_overdue_bsrs",
+        15,
+        "minutes",
+    ),
+    "Purge old API rate-limit counters": ("api.purge_rate_counters", 30, "minutes"),
+    # The guarantee of webhook delivery: reclaims dead workers' leases, sends what is due.
+    "Sweep webhook deliveries": ("webhooks.sweep", 5, "seconds"),
 }
 
 
 def ensure_periodic_tasks() -> None:
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-    for name, (task, minutes) in DEFAULT_SCHEDULES.items():
+    periods = {"minutes": IntervalSchedule.MINUTES, "seconds": IntervalSchedule.SECONDS}
+    for name, (task, every, unit) in DEFAULT_SCHEDULES.items():
         if PeriodicTask.objects.filter(name=name).exists():
             continue
-        interval, _ = IntervalSchedule.objects.get_or_create(
-            every=minutes, period=IntervalSchedule.MINUTES
-        )
+        interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=periods[unit])
         PeriodicTask.objects.create(name=name, task=task, interval=interval)

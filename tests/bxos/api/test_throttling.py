@@ -347,7 +347,7 @@ def test_purge_deletes_only_long_ended_windows(north, system):
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM api_rate_counter WHERE key LIKE %s", [f"{subject}/%"])
         assert cursor.fetchone()[0] == 2  # this minute's and this hour's
-    assert any(task == purge_rate_counters_task.name for task, _ in DEFAULT_SCHEDULES.values())
+    assert any(task == purge_rate_counters_task.name for task, *_ in DEFAULT_SCHEDULES.values())
 
 
 # --- admin ---------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ fixture (the ``loopback`` fixture); the refused-target tables run with it off, a
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import ssl
@@ -30,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from django import forms
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
+from bxos.common.aio import run_coroutine
 from bxos.common.outbound import (
     OutboundGuardError,
     OutboundResult,
@@ -41,15 +41,6 @@ from bxos.common.outbound import (
     send,
     validate_outbound_url,
 )
-
-
-@pytest.fixture(scope="module")
-def _shared_worlds():
-    """No database in this module: stands in for the autouse session fixture of
-    tests/conftest.py. When no collected test needs the database, pytest-django creates no test
-    database, and that fixture would build its districts in the development database."""
-    return {}
-
 
 # --- Every connect() is recorded: nothing may leave loopback ------------------------------------
 
@@ -146,7 +137,7 @@ def call(mode: str, method: str, url: str, *, client_opts: dict | None = None, *
         async with outbound_async_client(**client_opts) as client:
             return await asend(method, url, client=client, **kwargs)
 
-    return asyncio.run(run())
+    return run_coroutine(run())
 
 
 MODES = pytest.mark.parametrize("mode", ["sync", "async"])
@@ -332,7 +323,7 @@ def test_the_client_checks_at_connect_time_too(dns):
             with pytest.raises(OutboundGuardError, match=re.escape("resolves to 169.254.169.254")):
                 await client.get("https://metadata.example/")
 
-    asyncio.run(run())
+    run_coroutine(run())
 
 
 def test_form_field_and_validator(dns):

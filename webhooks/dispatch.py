@@ -1,0 +1,379 @@
+"""Sending: claim due deliveries, send them concurrently, record what happened.
+
+1. Claim: one UPDATE over a ``FOR UPDATE SKIP LOCKED`` selection marks due deliveries as leased
+   for ``LEASE_SECONDS`` (longer than the slowest possible request), at most ``max_in_flight``
+   per endpoint counting those already leased, and, for ordered endpoints, only the oldest open
+   delivery per record. Any number of workers can claim at once without sharing a row.
+2. Send: outside any transaction, concurrently (asyncio), through the SSRF-guarded client,
+   signed per Standard Webhooks with every active secret of the endpoint.
+3. Record: one transaction per batch: the attempts, each delivery's next state and retry time
+   (in the row, never in a Celery countdown), the endpoint's health.
+4. Reap: a lease that expired (its worker died) goes back to pending; the receiver may get the
+   event twice, with the same ``webhook-id``. At least once, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from bxos.common.aio import run_coroutine
+from bxos.common.outbound import OutboundResult, asend, outbound_async_client
+from webhooks import notifications, payloads, signing
+from webhooks.choices import DeliveryStatus
+from webhooks.models import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookSecret,
+)
+
+logger = logging.getLogger(__name__)
+
+# Answers after which a receiver is given at least a minute (and its Retry-After, if longer).
+THROTTLED = {429, 502, 503, 504}
+
+_CLAIM = """
+WITH candidates AS (
+    SELECT d.id, d.endpoint_id, d.next_attempt_at
+    FROM webhooks_webhookdelivery d
+    JOIN webhooks_webhookendpoint e ON e.id = d.endpoint_id
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND e.active
+      AND (NOT e.ordered OR d.ordering_key = '' OR NOT EXISTS (
+            SELECT 1 FROM webhooks_webhookdelivery p
+            WHERE p.endpoint_id = d.endpoint_id AND p.ordering_key = d.ordering_key
+              AND p.id < d.id AND p.status IN ('pending', 'leased', 'held')))
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT %(scan)s
+    FOR UPDATE OF d SKIP LOCKED
+), ranked AS (
+    SELECT c.id, c.next_attempt_at,
+           row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS n,
+           e.max_in_flight - (
+               SELECT count(*) FROM webhooks_webhookdelivery l
+               WHERE l.endpoint_id = c.endpoint_id AND l.status = 'leased') AS room
+    FROM candidates c JOIN webhooks_webhookendpoint e ON e.id = c.endpoint_id
+), chosen AS (
+    SELECT id FROM ranked WHERE n <= room ORDER BY next_attempt_at, id LIMIT %(limit)s
+)
+UPDATE webhooks_webhookdelivery d
+SET status = 'leased', leased_by = %(lease)s,
+    lease_expires_at = now() + make_interval(secs => %(seconds)s)
+FROM chosen WHERE d.id = chosen.id
+RETURNING d.id
+"""
+
+
+@dataclass
+class Job:
+    delivery: WebhookDelivery
+    endpoint: WebhookEndpoint
+    event: WebhookEvent
+    secrets: list[str]
+    body: bytes
+    result: OutboundResult | None = None
+    started_at: datetime | None = None
+
+
+def conf(name: str):
+    return settings.WEBHOOKS[name]
+
+
+def reap_expired_leases() -> int:
+    """Return deliveries whose worker died mid-send to pending; how many."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE webhooks_webhookdelivery SET status = 'pending', leased_by = '', "
+            "lease_expires_at = NULL, next_attempt_at = now() "
+            "WHERE status = 'leased' AND lease_expires_at < now()"
+        )
+        count = cursor.rowcount
+    if count:
+        logger.warning("reclaimed %s expired webhook delivery leases", count)
+    return count
+
+
+def claim(limit: int) -> tuple[str, list[int]]:
+    lease = f"{uuid.uuid4().hex[:12]}"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM,
+            {"scan": limit * 4, "limit": limit, "lease": lease, "seconds": conf("LEASE_SECONDS")},
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    return lease, ids
+
+
+def _jobs(ids: list[int]) -> list[Job]:
+    deliveries = list(
+        WebhookDelivery.objects.filter(pk__in=ids)
+        .select_related("endpoint", "event")
+        .order_by("next_attempt_at", "id")
+    )
+    now = timezone.now()
+    secrets: dict[int, list[str]] = {}
+    for secret in WebhookSecret.objects.filter(
+        endpoint_id__in={d.endpoint_id for d in deliveries}
+    ).order_by("-created_at"):
+        if secret.expires_at is None or secret.expires_at > now:
+            secrets.setdefault(secret.endpoint_id, []).append(secret.secret)
+    return [
+        Job(
+            delivery=d,
+            endpoint=d.endpoint,
+            event=d.event,
+            secrets=secrets.get(d.endpoint_id, []),
+            body=bytes(d.body) if d.body is not None else bytes(d.event.payload),
+        )
+        for d in deliveries
+    ]
+
+
+async def _send_all(jobs: list[Job]) -> None:
+    gates: dict[int, asyncio.Semaphore] = {}
+    next_slot: dict[int, float] = {}
+    async with outbound_async_client() as client:
+
+        async def one(job: Job) -> None:
+            endpoint = job.endpoint
+            gate = gates.setdefault(endpoint.pk, asyncio.Semaphore(endpoint.max_in_flight))
+            async with gate:
+                # Per-endpoint rate: requests spaced 1/rate seconds apart in this worker.
+                loop_now = time.monotonic()
+                slot = max(loop_now, next_slot.get(endpoint.pk, loop_now))
+                next_slot[endpoint.pk] = slot + 1 / endpoint.rate_per_second
+                if slot > loop_now:
+                    await asyncio.sleep(slot - loop_now)
+                timestamp = int(time.time())
+                headers = {
+                    "content-type": payloads.CONTENT_TYPES[endpoint.body_format],
+                    **signing.headers(job.secrets, job.event.id, timestamp, job.body),
+                }
+                job.started_at = timezone.now()
+                job.result = await asend(
+                    endpoint.method, endpoint.url, headers=headers, content=job.body, client=client
+                )
+
+        await asyncio.gather(*(one(job) for job in jobs))
+
+
+def _retry_after(result: OutboundResult) -> float | None:
+    value = (result.headers or {}).get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - timezone.now()).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def next_delay(endpoint: WebhookEndpoint, attempts: int, result: OutboundResult) -> float | None:
+    """Seconds until the next attempt after ``attempts`` attempts, or None when exhausted."""
+    schedule = endpoint.retry_schedule
+    if attempts > len(schedule):
+        return None
+    delay = float(schedule[attempts - 1])
+    if delay >= 300:
+        delay *= random.uniform(0.8, 1.2)  # spread retries of a big outage apart
+    if result.status_code in THROTTLED or result.error_class == "timeout":
+        delay = max(delay, 60.0)
+        retry_after = _retry_after(result)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, conf("RETRY_AFTER_CAP_SECONDS")))
+    return delay
+
+
+def _failure_text(result: OutboundResult) -> str:
+    if result.status_code is not None:
+        return f"The receiver answered {result.status_code}."
+    return result.error or result.error_class
+
+
+def _record(jobs: list[Job], lease: str) -> list:
+    """Write attempts and new states in one transaction; returns notices to send after it."""
+    now = timezone.now()
+    notices = []
+    with transaction.atomic():
+        WebhookAttempt.objects.bulk_create(
+            [
+                WebhookAttempt(
+                    delivery=job.delivery,
+                    number=job.delivery.attempts + 1,
+                    started_at=job.started_at or now,
+                    duration_ms=int(job.result.duration_ms),
+                    status_code=job.result.status_code,
+                    response_body=job.result.body or b"",
+                    response_truncated=job.result.truncated,
+                    error_class=(job.result.error_class or "") if not job.result.ok else "",
+                    error=(job.result.error or "")[:500],
+                    succeeded=_succeeded(job.result),
+                )
+                for job in jobs
+            ]
+        )
+        endpoints = {
+            e.pk: e
+            for e in WebhookEndpoint.objects.select_for_update().filter(
+                pk__in={job.endpoint.pk for job in jobs}
+            )
+        }
+        for job in jobs:
+            endpoint = endpoints[job.endpoint.pk]
+            notices.extend(_settle(job, endpoint, lease, now))
+        for kind, endpoint_id, _ in notices:
+            if kind == "disabled":
+                announce_disabled(endpoints[endpoint_id])
+        for endpoint in endpoints.values():
+            endpoint.save(
+                update_fields=[
+                    "active",
+                    "disabled_at",
+                    "disabled_reason",
+                    "failing_since",
+                    "last_success_at",
+                    "exhausted_notified_at",
+                ]
+            )
+        _disclose(jobs)
+    return notices
+
+
+def _succeeded(result: OutboundResult) -> bool:
+    return result.status_code is not None and 200 <= result.status_code < 300
+
+
+def _settle(job: Job, endpoint: WebhookEndpoint, lease: str, now: datetime) -> list:
+    result = job.result
+    attempts = job.delivery.attempts + 1
+    update: dict = {
+        "attempts": attempts,
+        "leased_by": "",
+        "lease_expires_at": None,
+        "last_status_code": result.status_code,
+    }
+    notices = []
+    if _succeeded(result):
+        update |= {"status": DeliveryStatus.SUCCEEDED, "finished_at": now, "last_error": ""}
+        endpoint.last_success_at = now
+        endpoint.failing_since = None
+    elif result.status_code == 410:
+        # The receiver says it is gone for good: stop, keep this delivery for a re-enable.
+        update |= {"status": DeliveryStatus.HELD, "next_attempt_at": now}
+        update["last_error"] = "The receiver answered 410 Gone; the endpoint was disabled."
+        notices += _disable(endpoint, now, "The receiver answered 410 Gone.")
+    else:
+        update["last_error"] = _failure_text(result)[:500]
+        endpoint.failing_since = endpoint.failing_since or now
+        delay = next_delay(endpoint, attempts, result)
+        if delay is None:
+            update |= {"status": DeliveryStatus.FAILED, "finished_at": now}
+            if endpoint.exhausted_notified_at is None:
+                endpoint.exhausted_notified_at = now
+                notices.append(("exhausted", endpoint.pk, job.delivery.pk))
+        else:
+            update |= {
+                "status": DeliveryStatus.PENDING,
+                "next_attempt_at": now + timedelta(seconds=delay),
+            }
+        if endpoint.active and now - endpoint.failing_since >= timedelta(
+            days=conf("DISABLE_AFTER_DAYS")
+        ):
+            notices += _disable(
+                endpoint, now, f"No successful delivery for {conf('DISABLE_AFTER_DAYS')} days."
+            )
+            if update["status"] == DeliveryStatus.PENDING:
+                update["status"] = DeliveryStatus.HELD
+    # Only if still ours: a lease that expired and was claimed again belongs to that worker.
+    WebhookDelivery.objects.filter(
+        pk=job.delivery.pk, status=DeliveryStatus.LEASED, leased_by=lease
+    ).update(**update)
+    return notices
+
+
+def _disable(endpoint: WebhookEndpoint, now: datetime, reason: str) -> list:
+    if not endpoint.active:
+        return []
+    endpoint.active = False
+    endpoint.disabled_at = now
+    endpoint.disabled_reason = reason[:300]
+    WebhookDelivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING).update(
+        status=DeliveryStatus.HELD
+    )
+    return [("disabled", endpoint.pk, None)]
+
+
+def announce_disabled(endpoint: WebhookEndpoint) -> None:
+    """The domain event other endpoints (and the monitoring app) can subscribe to."""
+    from bxos.common import events
+
+    events.emit(
+        "webhook_endpoint.disabled",
+        endpoint,
+        data={
+            "id": endpoint.pk,
+            "name": endpoint.name,
+            "url": endpoint.url,
+            "reason": endpoint.disabled_reason,
+            "disabledAt": endpoint.disabled_at.isoformat(),
+        },
+    )
+
+
+def _disclose(jobs: list[Job]) -> None:
+    """A first attempt to a vendor's endpoint disclosed the record: one log row each."""
+    from bxos.api.disclosure import disclosure_record_delivery
+
+    for job in jobs:
+        if job.endpoint.client_id and job.delivery.attempts == 0 and job.event.student_id:
+            disclosure_record_delivery(
+                client_id=job.endpoint.client_id,
+                endpoint=f"webhook {job.endpoint.name} ({job.event.type})",
+                student_ids=[job.event.student_id],
+                request_id=job.event.id,
+            )
+
+
+def dispatch_once(limit: int | None = None) -> int:
+    """Claim, send and record one batch; how many deliveries were attempted."""
+    lease, ids = claim(limit or conf("BATCH_SIZE"))
+    if not ids:
+        return 0
+    jobs = _jobs(ids)
+    run_coroutine(_send_all(jobs))
+    notices = _record(jobs, lease)
+    for kind, endpoint_id, delivery_id in notices:
+        notifications.notify(kind, endpoint_id=endpoint_id, delivery_id=delivery_id)
+    return len(jobs)
+
+
+def dispatch(budget_seconds: float | None = None) -> int:
+    """Send batches until nothing is due or the time budget is spent; how many were sent."""
+    budget = budget_seconds if budget_seconds is not None else conf("DISPATCH_BUDGET_SECONDS")
+    deadline = time.monotonic() + budget
+    total = 0
+    while time.monotonic() < deadline:
+        sent = dispatch_once()
+        total += sent
+        if not sent:
+            break
+    return total
+
+
+def due_count() -> int:
+    return WebhookDelivery.objects.filter(
+        status=DeliveryStatus.PENDING, next_attempt_at__lte=timezone.now(), endpoint__active=True
+    ).count()

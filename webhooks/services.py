@@ -1,0 +1,296 @@
+"""Writes of the webhooks app: endpoints, their secrets, and replays."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+from django.utils import timezone
+
+from bxos.common.outbound import OutboundResult, send
+from bxos.common.services import model_delete, model_save, write_as
+from webhooks import catalogue, outbox, payloads, signing
+from webhooks.choices import OPEN_STATUSES, DeliveryStatus
+from webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookSecret
+
+ENDPOINT_FIELDS = (
+    "name",
+    "url",
+    "method",
+    "body_format",
+    "event_types",
+    "payload_style",
+    "retry_schedule",
+    "max_in_flight",
+    "rate_per_second",
+    "ordered",
+    "owner_email",
+)
+
+
+def validate_event_types(event_types: list[str], *, client=None) -> None:
+    """Every type must be in the catalogue; a vendor's endpoint may only subscribe to types
+    about records its client can read (its scopes)."""
+    known = catalogue.entries()
+    if not event_types:
+        raise ValidationError({"event_types": ["Choose at least one event type."]})
+    unknown = sorted(set(event_types) - set(known))
+    if unknown:
+        raise ValidationError(
+            {"event_types": [f"Unknown event type(s): {', '.join(unknown)}; see the catalogue."]}
+        )
+    if client is not None:
+        refused = sorted(
+            t
+            for t in event_types
+            if known[t].resource is None or known[t].resource.scope not in client.scopes
+        )
+        if refused:
+            raise ValidationError(
+                {
+                    "event_types": [
+                        f"This client may not receive {', '.join(refused)} (scopes "
+                        f"{', '.join(client.scopes) or 'none'})."
+                    ]
+                }
+            )
+
+
+def _validate_schools(endpoint: WebhookEndpoint, schools) -> None:
+    foreign = [s for s in schools if s.district_id != endpoint.district_id]
+    if foreign:
+        raise ValidationError({"schools": ["Choose schools of the endpoint's district."]})
+    if endpoint.client_id:
+        allowed = set(endpoint.client.allowed_school_ids())
+        if allowed and any(s.pk not in allowed for s in schools):
+            raise ValidationError({"schools": ["Choose among the client's allowed schools."]})
+
+
+def webhook_endpoint_create(
+    *, actor, district, client=None, schools=(), active: bool = True, **fields
+) -> tuple[WebhookEndpoint, str]:
+    """Create an endpoint and its first secret; returns both (show the secret once)."""
+    unknown = set(fields) - set(ENDPOINT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown endpoint fields: {sorted(unknown)}")
+    with write_as(actor):
+        endpoint = WebhookEndpoint(district=district, client=client, active=active, **fields)
+        if not active:
+            endpoint.disabled_at = timezone.now()
+            endpoint.disabled_reason = "Created disabled."
+        validate_event_types(endpoint.event_types, client=client)
+        _validate_schools(endpoint, schools)
+        model_save(instance=endpoint, actor=actor)
+        endpoint.schools.set(schools)
+        secret = webhook_secret_add(actor=actor, endpoint=endpoint)
+    return endpoint, secret
+
+
+def webhook_endpoint_update(
+    *, actor, endpoint: WebhookEndpoint, data: dict, schools=None
+) -> WebhookEndpoint:
+    """Change an endpoint's settings (``active`` goes through enable/disable)."""
+    unknown = set(data) - set(ENDPOINT_FIELDS) - {"active"}
+    if unknown:
+        raise TypeError(f"unknown endpoint fields: {sorted(unknown)}")
+    active = data.pop("active", None)
+    with write_as(actor):
+        changed = [name for name, value in data.items() if getattr(endpoint, name) != value]
+        for name in changed:
+            setattr(endpoint, name, data[name])
+        if "event_types" in changed:
+            validate_event_types(endpoint.event_types, client=endpoint.client)
+        model_save(instance=endpoint, actor=actor, fields=changed)
+        if schools is not None:
+            _validate_schools(endpoint, schools)
+            endpoint.schools.set(schools)
+        if active is True and not endpoint.active:
+            webhook_endpoint_enable(actor=actor, endpoint=endpoint)
+        elif active is False and endpoint.active:
+            webhook_endpoint_disable(actor=actor, endpoint=endpoint, reason="Disabled by a person.")
+    return endpoint
+
+
+def webhook_endpoint_disable(*, actor, endpoint: WebhookEndpoint, reason: str) -> WebhookEndpoint:
+    """Stop sending; new and pending deliveries are held, not dropped."""
+    from webhooks.dispatch import announce_disabled
+
+    with write_as(actor):
+        endpoint.active = False
+        endpoint.disabled_at = timezone.now()
+        endpoint.disabled_reason = reason[:300]
+        model_save(
+            instance=endpoint, actor=actor, fields=["active", "disabled_at", "disabled_reason"]
+        )
+        WebhookDelivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING).update(
+            status=DeliveryStatus.HELD
+        )
+        announce_disabled(endpoint)
+    return endpoint
+
+
+def webhook_endpoint_enable(*, actor, endpoint: WebhookEndpoint) -> int:
+    """Send again, starting with the held deliveries in the order their events happened.
+
+    Returns how many held deliveries were released."""
+    with write_as(actor):
+        endpoint.active = True
+        endpoint.disabled_at = None
+        endpoint.disabled_reason = ""
+        endpoint.failing_since = None
+        endpoint.exhausted_notified_at = None
+        model_save(
+            instance=endpoint,
+            actor=actor,
+            fields=[
+                "active",
+                "disabled_at",
+                "disabled_reason",
+                "failing_since",
+                "exhausted_notified_at",
+            ],
+        )
+        # One timestamp for all: the claim orders by (next_attempt_at, id), that is, by event.
+        released = WebhookDelivery.objects.filter(
+            endpoint=endpoint, status=DeliveryStatus.HELD
+        ).update(status=DeliveryStatus.PENDING, next_attempt_at=timezone.now())
+        if released:
+            outbox.wake_after_commit()
+    return released
+
+
+def webhook_endpoint_delete(*, actor, endpoint: WebhookEndpoint) -> int:
+    """Delete an endpoint; its open deliveries are closed as cancelled and kept. Returns how
+    many were cancelled."""
+    with write_as(actor):
+        cancelled = WebhookDelivery.objects.filter(
+            endpoint=endpoint, status__in=OPEN_STATUSES
+        ).update(
+            status=DeliveryStatus.CANCELLED,
+            finished_at=timezone.now(),
+            last_error="The endpoint was deleted.",
+            leased_by="",
+            lease_expires_at=None,
+        )
+        model_delete(instance=endpoint, actor=actor)
+    return cancelled
+
+
+def webhook_secret_add(*, actor, endpoint: WebhookEndpoint) -> str:
+    with write_as(actor):
+        secret = signing.new_secret()
+        WebhookSecret.objects.create(endpoint=endpoint, secret=secret)
+    return secret
+
+
+def webhook_secret_rotate(
+    *, actor, endpoint: WebhookEndpoint, grace: timedelta | None = None
+) -> str:
+    """A new secret; the current ones stay valid (and keep signing) for the grace period."""
+    grace = grace if grace is not None else timedelta(hours=settings.WEBHOOKS["SECRET_GRACE_HOURS"])
+    with write_as(actor):
+        until = timezone.now() + grace
+        endpoint.secrets.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=until)).update(
+            expires_at=until
+        )
+        secret = webhook_secret_add(actor=actor, endpoint=endpoint)
+    return secret
+
+
+def webhook_secret_reveal(*, actor, endpoint: WebhookEndpoint) -> str:
+    """The newest secret, once: a second reveal is refused (rotate to get a new one)."""
+    with write_as(actor):
+        secret = endpoint.secrets.select_for_update().filter(expires_at__isnull=True).first()
+        if secret is None:
+            raise ValidationError("This endpoint has no current secret; rotate to create one.")
+        if secret.revealed_at is not None:
+            raise ValidationError(
+                f"The secret was already revealed on {secret.revealed_at:%Y-%m-%d %H:%M}; "
+                "rotate it to get a new one."
+            )
+        secret.revealed_at = timezone.now()
+        secret.save(update_fields=["revealed_at"])
+    return secret.secret
+
+
+# --- replay -------------------------------------------------------------------------------
+
+
+def webhook_delivery_replay(*, actor, delivery: WebhookDelivery) -> WebhookDelivery:
+    """Send a delivery again from its first attempt (same webhook-id); open ones are left."""
+    with write_as(actor):
+        delivery = WebhookDelivery.objects.select_for_update().get(pk=delivery.pk)
+        if delivery.endpoint_id is None:
+            raise ValidationError("The endpoint of this delivery was deleted.")
+        if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.LEASED):
+            return delivery
+        delivery.status = (
+            DeliveryStatus.PENDING if delivery.endpoint.active else DeliveryStatus.HELD
+        )
+        delivery.attempts = 0
+        delivery.finished_at = None
+        delivery.next_attempt_at = timezone.now()
+        delivery.save(update_fields=["status", "attempts", "finished_at", "next_attempt_at"])
+        outbox.wake_after_commit()
+    return delivery
+
+
+def webhook_event_replay(
+    *, actor, event: WebhookEvent, endpoint: WebhookEndpoint
+) -> WebhookDelivery | None:
+    """Send one event to one endpoint: replays its delivery, or creates the delivery it never
+    had (say, the endpoint subscribed later) if the endpoint may receive it now. None if not."""
+    existing = WebhookDelivery.objects.filter(event=event, endpoint=endpoint).first()
+    if existing is not None:
+        return webhook_delivery_replay(actor=actor, delivery=existing)
+    if event.district_id != endpoint.district_id:
+        raise ValidationError("The event belongs to another district.")
+    with write_as(actor):
+        created = outbox.add_delivery(event, endpoint)
+        if created is not None and created.status == DeliveryStatus.PENDING:
+            outbox.wake_after_commit()
+    return created
+
+
+def webhook_deliveries_recover(
+    *, actor, since: datetime, endpoint: WebhookEndpoint | None = None, district=None, limit=1000
+) -> int:
+    """Replay every delivery that failed for good since ``since`` (at most ``limit`` per call,
+    oldest first); how many were queued."""
+    queryset = WebhookDelivery.objects.filter(
+        status=DeliveryStatus.FAILED, finished_at__gte=since, endpoint__isnull=False
+    )
+    if endpoint is not None:
+        queryset = queryset.filter(endpoint=endpoint)
+    if district is not None:
+        queryset = queryset.filter(district=district)
+    count = 0
+    for delivery in queryset.order_by("id")[:limit]:
+        webhook_delivery_replay(actor=actor, delivery=delivery)
+        count += 1
+    return count
+
+
+def webhook_endpoint_send_test(*, actor, endpoint: WebhookEndpoint) -> OutboundResult:
+    """Send a signed ``webhook.test`` payload now and return what came back (nothing stored)."""
+    now = timezone.now()
+    event_id = outbox.new_event_id()
+    body = payloads.render(
+        {
+            "type": "webhook.test",
+            "timestamp": now.isoformat(),
+            "data": {"eventId": event_id, "endpoint": endpoint.name, "occurredAt": now.isoformat()},
+        },
+        endpoint.body_format,
+    )
+    secrets = [
+        s.secret
+        for s in endpoint.secrets.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+    ]
+    headers = {
+        "content-type": payloads.CONTENT_TYPES[endpoint.body_format],
+        **signing.headers(secrets, event_id, int(now.timestamp()), body),
+    }
+    return send(endpoint.method, endpoint.url, headers=headers, content=body)
