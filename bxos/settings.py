@@ -282,6 +282,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "GradeLevelEnum": "bxos.schools.choices.GradeLevel",
         "BsrStateEnum": "bxos.behavior.choices.BsrState",
+        # Two code lists have fields named "status": each keeps a stable name.
+        "StatusEnum": "bxos.schools.choices.DailyAttendanceStatus",
+        "DeliveryStatusEnum": "webhooks.choices.DeliveryStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -293,8 +296,10 @@ SPECTACULAR_SETTINGS = {
 OUTBOUND_HTTP = {
     # Loopback (127.0.0.0/8, ::1) is refused like every other non-public address. The test
     # suite turns this on to reach the servers it starts on 127.0.0.1; it never opens private,
-    # link-local or other ranges, and production leaves it off.
-    "ALLOW_LOOPBACK": False,
+    # link-local or other ranges, and production leaves it off. OUTBOUND_ALLOW_LOOPBACK=1 does
+    # the same for the worker processes a test starts (tests/webhooks/test_reliability.py):
+    # test-only, refused in production.
+    "ALLOW_LOOPBACK": env.bool("OUTBOUND_ALLOW_LOOPBACK", default=False),
     # Plain http is allowed for receivers that have no certificate; production may restrict
     # this to ["https"].
     "ALLOWED_SCHEMES": ["https", "http"],
@@ -313,12 +318,15 @@ OUTBOUND_HTTP = {
     # (host, port) -> list of address strings; tests point it at a function of their own.
     "RESOLVER": "bxos.common.outbound.system_resolve",
 }
+if PRODUCTION and OUTBOUND_HTTP["ALLOW_LOOPBACK"]:
+    raise ImproperlyConfigured("OUTBOUND_ALLOW_LOOPBACK is for tests; unset it in production")
 
 # --- Webhooks (webhooks/): see docs/development/decisions.md, "Webhooks" ---------------------
 WEBHOOKS = {
     # A delivery is leased this long: longer than the slowest request (OUTBOUND_HTTP's
-    # TOTAL_TIMEOUT) plus recording, so a live worker never loses its lease.
-    "LEASE_SECONDS": 60,
+    # TOTAL_TIMEOUT) plus recording, so a live worker never loses its lease. WEBHOOK_LEASE_SECONDS
+    # is for tests that kill a worker and wait for its leases to expire; leave it unset.
+    "LEASE_SECONDS": env.int("WEBHOOK_LEASE_SECONDS", default=60),
     "BATCH_SIZE": env.int("WEBHOOK_BATCH_SIZE", default=200),
     # One dispatch task sends batches for at most this long, then leaves the rest to the next.
     "DISPATCH_BUDGET_SECONDS": 20,
@@ -330,6 +338,9 @@ WEBHOOKS = {
     "RETRY_AFTER_CAP_SECONDS": 6 * 3600,
     # How often beat runs the sweep (the guarantee behind the after-commit wake-up).
     "SWEEP_SECONDS": 5,
+    # GET /api/v1/events lists events older than the oldest writing transaction by this much
+    # (web hosts' clocks take event ids; see webhooks.api.settled_event_id). Tests set 0.
+    "PULL_SETTLE_SECONDS": 2,
 }
 
 # --- Logging -------------------------------------------------------------------------------

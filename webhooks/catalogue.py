@@ -135,17 +135,23 @@ def resource_for(model_label: str) -> Resource | None:
 # --- JSON Schema ------------------------------------------------------------------------
 
 
-def _model_field(model: type[models.Model], path: str) -> models.Field:
+def _model_field(model: type[models.Model], path: str) -> tuple[models.Field, bool]:
+    """The field an ORM path ends at, and whether the value can be null: any step of the path
+    may be (a code read through a nullable foreign key is null when the key is)."""
     parts = path.split("__")
+    nullable = False
     for part in parts[:-1]:
-        model = model._meta.get_field(part).related_model
+        relation = model._meta.get_field(part)
+        nullable = nullable or relation.null
+        model = relation.related_model
     found = model._meta.get_field(parts[-1])
+    nullable = nullable or found.null
     if found.is_relation and found.many_to_one:
-        return found.target_field
-    return found
+        return found.target_field, nullable
+    return found, nullable
 
 
-def _field_schema(f: models.Field) -> dict:
+def _field_schema(f: models.Field, nullable: bool | None = None) -> dict:
     if isinstance(f, ArrayField):
         return {"type": "array", "items": _field_schema(f.base_field)}
     if isinstance(f, models.BooleanField):
@@ -168,7 +174,7 @@ def _field_schema(f: models.Field) -> dict:
         schema = {"type": "string"}
         if f.choices:
             schema["enum"] = [value for value, _label in f.flatchoices]
-    if f.null and "type" in schema:
+    if (f.null if nullable is None else nullable) and "type" in schema:
         schema["type"] = [schema["type"], "null"]
         if "enum" in schema:
             schema["enum"] = [*schema["enum"], None]
@@ -179,7 +185,7 @@ def resource_schema(resource: Resource) -> dict:
     return {
         "type": "object",
         "properties": {
-            name: _field_schema(_model_field(resource.model, path))
+            name: _field_schema(*_model_field(resource.model, path))
             for name, path in resource.fields.items()
         },
         "additionalProperties": False,

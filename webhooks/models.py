@@ -232,6 +232,8 @@ class WebhookDelivery(models.Model):
                 condition=Q(status=DeliveryStatus.LEASED),
             ),
             models.Index(fields=["endpoint", "status", "id"], name="webhook_delivery_endpoint"),
+            # The admin's date filter and counts over a district's deliveries.
+            BrinIndex(fields=["created_at"], name="webhook_delivery_created_brin"),
             models.Index(
                 fields=["endpoint", "ordering_key", "id"],
                 name="webhook_delivery_ordering",
@@ -240,7 +242,7 @@ class WebhookDelivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event_id} to {self.endpoint_id} ({self.status})"
+        return f"{self.event_id} to {self.endpoint_name} ({self.status})"
 
 
 class WebhookAttempt(models.Model):

@@ -246,14 +246,68 @@ def _delivery_for(
 def add_delivery(stored: WebhookEvent, endpoint: WebhookEndpoint) -> WebhookDelivery | None:
     """A delivery of a stored event to an endpoint that never had one (replay), judged by the
     same audience rules as at the time of the change, with today's access."""
+    delivery = delivery_now(stored, endpoint)
+    if delivery is not None:
+        delivery.save()
+    return delivery
+
+
+def delivery_now(stored: WebhookEvent, endpoint: WebhookEndpoint) -> WebhookDelivery | None:
+    """The delivery of a stored event to this endpoint as the outbox would make it now (not
+    saved), or None if the endpoint may not receive it: today's scopes, schools and field
+    profile of its client. For replays that must not send what the client can no longer read."""
     endpoint = subscribed_endpoints_by_id(endpoint.pk)
     full_bytes = bytes(stored.payload)
     full = orjson.loads(full_bytes)
     record = _Record.from_stored(stored, full)
-    delivery = _delivery_for(endpoint, record, full, full_bytes, stored, timezone.now())
-    if delivery is not None:
-        delivery.save()
-    return delivery
+    return _delivery_for(endpoint, record, full, full_bytes, stored, timezone.now())
+
+
+def client_payloads(client, events: list[WebhookEvent]) -> list[tuple[WebhookEvent, dict]]:
+    """The pull backstop (``GET /api/v1/events``): each stored event this API client could have
+    received, with the payload it would have been pushed (full style, cut by its field profile).
+
+    Judged now by ``_audience``, as for an endpoint of the client with no school filter of its
+    own: operational events never, resource events only within its scopes and allowed schools.
+    Whether the records are within those schools is read in one query per model, not per event.
+    """
+    probe = WebhookEndpoint(district_id=client.district_id, client=client)
+    probe.school_ids = []
+    probe.client_school_ids = client.allowed_school_ids()
+    judged = []
+    for stored in events:
+        full = orjson.loads(bytes(stored.payload))
+        judged.append((stored, full, _Record.from_stored(stored, full)))
+    _read_visibility([record for _, _, record in judged], probe.client_school_ids)
+    out = []
+    for stored, full, record in judged:
+        allowed, fields = _audience(probe, record)
+        if allowed:
+            shaped = payloads.for_endpoint(
+                full, resource=record.resource, style=PayloadStyle.FULL, allowed_fields=fields
+            )
+            out.append((stored, shaped))
+    return out
+
+
+def _read_visibility(records: list[_Record], school_ids: list[int]) -> None:
+    """Fill each record's ``visible_in(school_ids)`` answer with one query per model."""
+    if not school_ids:
+        return
+    key = (frozenset(school_ids),)
+    by_model: dict[type, list[_Record]] = {}
+    for record in records:
+        gate = record.resource.model.gate if record.resource else None
+        if gate is not None and gate.school is not None and record.event.object_id is not None:
+            by_model.setdefault(record.resource.model, []).append(record)
+    for model, group in by_model.items():
+        visible = set(
+            model._base_manager.filter(pk__in={r.event.object_id for r in group})
+            .filter(_dimension_q(model.gate.school, list(school_ids)))
+            .values_list("pk", flat=True)
+        )
+        for record in group:
+            record._visible[key] = record.event.object_id in visible
 
 
 def wake_after_commit() -> None:

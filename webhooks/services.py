@@ -218,23 +218,63 @@ def webhook_secret_reveal(*, actor, endpoint: WebhookEndpoint) -> str:
 # --- replay -------------------------------------------------------------------------------
 
 
-def webhook_delivery_replay(*, actor, delivery: WebhookDelivery) -> WebhookDelivery:
-    """Send a delivery again from its first attempt (same webhook-id); open ones are left."""
-    with write_as(actor):
-        delivery = WebhookDelivery.objects.select_for_update().get(pk=delivery.pk)
-        if delivery.endpoint_id is None:
-            raise ValidationError("The endpoint of this delivery was deleted.")
-        if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.LEASED):
-            return delivery
-        delivery.status = (
-            DeliveryStatus.PENDING if delivery.endpoint.active else DeliveryStatus.HELD
-        )
-        delivery.attempts = 0
-        delivery.finished_at = None
-        delivery.next_attempt_at = timezone.now()
-        delivery.save(update_fields=["status", "attempts", "finished_at", "next_attempt_at"])
-        outbox.wake_after_commit()
+def _reopen(delivery: WebhookDelivery) -> WebhookDelivery:
+    """Back to its first attempt (same webhook-id), pending, or held if the endpoint is off."""
+    delivery.status = DeliveryStatus.PENDING if delivery.endpoint.active else DeliveryStatus.HELD
+    delivery.attempts = 0
+    delivery.finished_at = None
+    delivery.next_attempt_at = timezone.now()
+    delivery.save(update_fields=["status", "attempts", "finished_at", "next_attempt_at"])
+    outbox.wake_after_commit()
     return delivery
+
+
+def webhook_delivery_replay(*, actor, delivery: WebhookDelivery) -> WebhookDelivery:
+    """Send a delivery again from its first attempt (same webhook-id); open ones are left.
+
+    A vendor's endpoint is judged again with today's access, whoever replays (see
+    :func:`webhook_delivery_replay_checked`): a replay must never send a vendor what its
+    client can no longer read. The district's own endpoints get the stored bytes again.
+    """
+    with write_as(actor):
+        locked = WebhookDelivery.objects.select_for_update().get(pk=delivery.pk)
+        if locked.endpoint_id is None:
+            raise ValidationError("The endpoint of this delivery was deleted.")
+        if locked.status in (DeliveryStatus.PENDING, DeliveryStatus.LEASED):
+            return locked
+        if locked.endpoint.client_id is not None:
+            _rejudge(locked)
+        return _reopen(locked)
+
+
+def _rejudge(locked: WebhookDelivery) -> None:
+    """Refuse (ValidationError with the reason) or re-cut the body with today's access."""
+    judged = outbox.delivery_now(locked.event, locked.endpoint)
+    if judged is None:
+        raise ValidationError(
+            "This endpoint may no longer receive this event: its client's scopes or "
+            "allowed schools, or the endpoint's schools, no longer cover the record."
+        )
+    if judged.status == DeliveryStatus.FAILED:
+        raise ValidationError(judged.last_error)
+    if judged.body != (bytes(locked.body) if locked.body is not None else None):
+        locked.body = judged.body
+        locked.save(update_fields=["body"])
+
+
+def webhook_delivery_replay_checked(*, actor, delivery: WebhookDelivery) -> WebhookDelivery:
+    """Replay judged again with today's access for every endpoint (the vendor API's replay):
+    sent only if the endpoint may still receive the event, in the body it would get now
+    (field profile, style, format). Raises ValidationError with the reason when it may not;
+    the delivery is then left as it was. Open deliveries are left."""
+    with write_as(actor):
+        locked = WebhookDelivery.objects.select_for_update().get(pk=delivery.pk)
+        if locked.endpoint_id is None:
+            raise ValidationError("The endpoint of this delivery was deleted.")
+        if locked.status in (DeliveryStatus.PENDING, DeliveryStatus.LEASED):
+            return locked
+        _rejudge(locked)
+        return _reopen(locked)
 
 
 def webhook_event_replay(
@@ -247,6 +287,8 @@ def webhook_event_replay(
         return webhook_delivery_replay(actor=actor, delivery=existing)
     if event.district_id != endpoint.district_id:
         raise ValidationError("The event belongs to another district.")
+    if event.type not in endpoint.event_types:
+        raise ValidationError(f"The endpoint {endpoint.name} does not subscribe to {event.type}.")
     with write_as(actor):
         created = outbox.add_delivery(event, endpoint)
         if created is not None and created.status == DeliveryStatus.PENDING:
@@ -258,7 +300,8 @@ def webhook_deliveries_recover(
     *, actor, since: datetime, endpoint: WebhookEndpoint | None = None, district=None, limit=1000
 ) -> int:
     """Replay every delivery that failed for good since ``since`` (at most ``limit`` per call,
-    oldest first); how many were queued."""
+    oldest first); how many were queued. Deliveries a vendor's endpoint may no longer receive
+    stay failed (see :func:`webhook_delivery_replay`)."""
     queryset = WebhookDelivery.objects.filter(
         status=DeliveryStatus.FAILED, finished_at__gte=since, endpoint__isnull=False
     )
@@ -268,7 +311,10 @@ def webhook_deliveries_recover(
         queryset = queryset.filter(district=district)
     count = 0
     for delivery in queryset.order_by("id")[:limit]:
-        webhook_delivery_replay(actor=actor, delivery=delivery)
+        try:
+            webhook_delivery_replay(actor=actor, delivery=delivery)
+        except ValidationError:
+            continue
         count += 1
     return count
 

@@ -61,6 +61,13 @@ def endpoints() -> list[dict]:
             methods = ["GET"]
         resource = getattr(getattr(view_class, "resource", None), "name", "")
         scope = getattr(getattr(view_class, "resource", None), "scope", "")
+        write_scope = (
+            BEHAVIOR_WRITE
+            if set(methods) - {"GET"} and not getattr(view_class, "read_only", False)
+            else ""
+        )
+        # Views that are not a Resource (webhooks) declare (read scope, write scope).
+        scope, write_scope = getattr(view_class, "catalogue_scopes", (scope, write_scope))
         path = "/" + route.replace("(?P<pk>[^/.]+)", "{id}").replace("\\", "")
         found.append(
             {
@@ -70,11 +77,7 @@ def endpoints() -> list[dict]:
                 "name": pattern.name,
                 "resource": resource,
                 "scope": scope,
-                "write_scope": (
-                    BEHAVIOR_WRITE
-                    if set(methods) - {"GET"} and not getattr(view_class, "read_only", False)
-                    else ""
-                ),
+                "write_scope": write_scope,
             }
         )
     return found

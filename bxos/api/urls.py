@@ -5,13 +5,18 @@ from rest_framework.routers import SimpleRouter
 
 from bxos.api import schema  # noqa: F401  (documents the viewsets; before they are registered)
 from bxos.api.views import VIEWSETS, ChangesAvailableView, api_not_found
+from webhooks import api as webhooks_api
 
 router = SimpleRouter(trailing_slash=False)
 for name, viewset in VIEWSETS.items():
     router.register(name, viewset, basename=name)
+router.register("webhooks/endpoints", webhooks_api.EndpointViewSet, basename="webhook-endpoints")
+router.register("webhooks/deliveries", webhooks_api.DeliveryViewSet, basename="webhook-deliveries")
 
 urlpatterns = [
     path("changes/available", ChangesAvailableView.as_view(), name="changes-available"),
+    path("webhooks/event-types", webhooks_api.EventTypesView.as_view(), name="webhook-event-types"),
+    path("events", webhooks_api.EventsView.as_view(), name="events"),
     *router.urls,
     # Last: anything else under /api/v1/ is a problem+json 404, not Django's HTML page.
     re_path(r"^.*$", api_not_found, name="not-found"),

@@ -137,29 +137,9 @@ def _code(client, categories: list[str], code: str | None, field: str):
     return found
 
 
-class WriteMixin:
-    """Create (and, for BSRs, move) through the services, with idempotency."""
-
-    def required_scope(self, request) -> str:
-        if request.method in ("GET", "HEAD", "OPTIONS"):
-            return super().required_scope(request)
-        return BEHAVIOR_WRITE
-
-    # --- request checks, idempotency ------------------------------------------------------
-
-    @staticmethod
-    def _require_staff_may(request, model, action: str) -> None:
-        """An app acting for a staff member writes only what that person may write: the
-        scope alone is not enough (403 naming the person and the missing permission)."""
-        user = request.user.acting_for
-        if user is None:
-            return
-        opts = model._meta
-        if not user.has_perm(f"{opts.app_label}.{action}_{opts.model_name}"):
-            raise PermissionDenied(
-                f"{user.get_username()}, for whom this app acts, may not {action} "
-                f"{opts.verbose_name_plural}."
-            )
+class IdempotentWrites:
+    """The body of a write (a JSON object, size-capped) and ``Idempotency-Key`` handling, for
+    every write of the API (these views and webhooks.api)."""
 
     def _body(self, request) -> dict:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -220,6 +200,31 @@ class WriteMixin:
             record.response_body = json.loads(JSONRenderer().render(response.data))
             record.save(update_fields=["status_code", "response_body"])
         return response
+
+
+class WriteMixin(IdempotentWrites):
+    """Create (and, for BSRs, move) through the services, with idempotency."""
+
+    def required_scope(self, request) -> str:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return super().required_scope(request)
+        return BEHAVIOR_WRITE
+
+    # --- request checks -------------------------------------------------------------------
+
+    @staticmethod
+    def _require_staff_may(request, model, action: str) -> None:
+        """An app acting for a staff member writes only what that person may write: the
+        scope alone is not enough (403 naming the person and the missing permission)."""
+        user = request.user.acting_for
+        if user is None:
+            return
+        opts = model._meta
+        if not user.has_perm(f"{opts.app_label}.{action}_{opts.model_name}"):
+            raise PermissionDenied(
+                f"{user.get_username()}, for whom this app acts, may not {action} "
+                f"{opts.verbose_name_plural}."
+            )
 
     def _created(self, request, obj) -> Response:
         rows, students = self._rows(

@@ -62,8 +62,9 @@ def register_event_type(name: str, description: str) -> None:
 
 def register_crud_events(entity: str, label: str) -> None:
     """Declare ``<entity>.created``, ``.updated`` and ``.deleted``."""
+    article = "An" if label[:1].lower() in "aeiou" else "A"
     for verb in ("created", "updated", "deleted"):
-        register_event_type(f"{entity}.{verb}", f"A {label} was {verb}.")
+        register_event_type(f"{entity}.{verb}", f"{article} {label} was {verb}.")
 
 
 def catalogue() -> list[EventType]:

@@ -400,7 +400,7 @@ def _resolve(host: str, port: int, conf: _Config, timeout: float) -> Sequence[st
         return future.result(timeout=timeout)
     except TimeoutError:  # also concurrent.futures.TimeoutError and socket.timeout
         raise _ResolveTimeout(f"resolving {host} took longer than {timeout:g} s") from None
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: an empty or too long DNS label
         raise OutboundGuardError(
             f"{host} does not resolve to an address ({exc})", code=UNRESOLVABLE_HOST
         ) from exc
@@ -412,7 +412,7 @@ async def _aresolve(host: str, port: int, conf: _Config, timeout: float) -> Sequ
             return await anyio.to_thread.run_sync(conf.resolver, host, port, abandon_on_cancel=True)
     except TimeoutError:
         raise _ResolveTimeout(f"resolving {host} took longer than {timeout:g} s") from None
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: an empty or too long DNS label
         raise OutboundGuardError(
             f"{host} does not resolve to an address ({exc})", code=UNRESOLVABLE_HOST
         ) from exc

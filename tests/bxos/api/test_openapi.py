@@ -15,6 +15,38 @@ from bxos.api.resources import RESOURCES
 
 PAGING = {"limit", "after", "minChangeVersion", "maxChangeVersion"}
 PROBLEM_REF = "#/components/schemas/Problem"
+# webhooks.api: path -> {method: (operation id, problem statuses)}
+WEBHOOKS = {
+    "/api/v1/webhooks/endpoints": {
+        "get": ("webhooks_endpoints_list", {400, 401, 403, 429}),
+        "post": ("webhooks_endpoints_create", {400, 401, 403, 409, 413, 415, 429}),
+    },
+    "/api/v1/webhooks/endpoints/{id}": {
+        "get": ("webhooks_endpoints_retrieve", {400, 401, 403, 404, 429}),
+        "patch": ("webhooks_endpoints_update", {400, 401, 403, 404, 413, 415, 429}),
+        "delete": ("webhooks_endpoints_destroy", {400, 401, 403, 404, 429}),
+    },
+    "/api/v1/webhooks/endpoints/{id}/rotate-secret": {
+        "post": ("webhooks_endpoints_rotate_secret", {400, 401, 403, 404, 413, 415, 429}),
+    },
+    "/api/v1/webhooks/deliveries": {
+        "get": ("webhooks_deliveries_list", {400, 401, 403, 429}),
+    },
+    "/api/v1/webhooks/deliveries/{id}": {
+        "get": ("webhooks_deliveries_retrieve", {400, 401, 403, 404, 429}),
+    },
+    "/api/v1/webhooks/deliveries/{id}/replay": {
+        "post": ("webhooks_deliveries_replay", {400, 401, 403, 404, 409, 429}),
+    },
+    "/api/v1/webhooks/deliveries/replay": {
+        "post": ("webhooks_deliveries_replay_selection", {400, 401, 403, 413, 415, 429}),
+    },
+    "/api/v1/webhooks/deliveries/recover": {
+        "post": ("webhooks_deliveries_recover", {400, 401, 403, 413, 415, 429}),
+    },
+    "/api/v1/webhooks/event-types": {"get": ("webhooks_event_types", {401, 429})},
+    "/api/v1/events": {"get": ("events_list", {400, 401, 403, 429})},
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +79,57 @@ def test_schema_has_every_resource_with_list_retrieve_and_deletes(schema):
         assert paths[base]["get"]["operationId"] == f"{resource.name}_list"
         assert paths[f"{base}/{{id}}"]["get"]["operationId"] == f"{resource.name}_retrieve"
         assert paths[f"{base}/deletes"]["get"]["operationId"] == f"{resource.name}_deletes"
+    expected |= set(WEBHOOKS)
     assert set(paths) == expected  # nothing undocumented, nothing but the API
     writes = {(p, m) for p, ops in paths.items() for m in ops if m != "get"}
     assert writes == {
         ("/api/v1/incidents", "post"),
         ("/api/v1/behaviorSupportRequests", "post"),
         ("/api/v1/behaviorSupportRequests/{id}/transitions", "post"),
+    } | {(p, m) for p, ops in WEBHOOKS.items() for m in ops if m != "get"}
+
+
+def test_webhook_operations_are_documented(schema):
+    paths = schema["paths"]
+    for path, methods in WEBHOOKS.items():
+        assert set(paths[path]) == set(methods), path
+        for method, (operation_id, problems) in methods.items():
+            operation = paths[path][method]
+            assert operation["operationId"] == operation_id
+            assert _problem_responses(operation) == problems, operation_id
+            needs = [] if path.endswith(("/event-types", "/events")) else ["webhooks:manage"]
+            assert operation["security"] == [{"oauth2": needs}], operation_id
+            assert all("X-Request-ID" in r["headers"] for r in operation["responses"].values())
+            if "{id}" in path:
+                assert _params(operation)["id"]["schema"]["type"] == "integer"
+    create = paths["/api/v1/webhooks/endpoints"]["post"]
+    assert "Idempotency-Key" in _params(create)
+    assert "201" in create["responses"] and "200" not in create["responses"]
+    assert "204" in paths["/api/v1/webhooks/endpoints/{id}"]["delete"]["responses"]
+    assert set(_params(paths["/api/v1/webhooks/deliveries"]["get"])) == {
+        "limit",
+        "after",
+        "endpointId",
+        "eventType",
+        "status",
+        "since",
+        "until",
     }
+    assert set(_params(paths["/api/v1/events"]["get"])) == {"since", "limit", "eventType"}
+    components = schema["components"]["schemas"]
+    # Only the create and rotate answers have a secret; the endpoint itself never does.
+    with_secret = {name for name, c in components.items() if "secret" in c.get("properties", {})}
+    assert with_secret == {"EndpointSecret", "RotatedSecret"}
+    assert components["EndpointInRequest"]["required"] == ["eventTypes", "name", "url"]
+    assert "required" not in components["PatchedEndpointInRequest"]
+    assert components["DeliveryStatusEnum"]["enum"] == [
+        "pending",
+        "leased",
+        "succeeded",
+        "failed",
+        "held",
+        "cancelled",
+    ]
 
 
 @pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.name)

@@ -26,6 +26,7 @@ from schemathesis.core.failures import FailureGroup
 
 from bxos.api import scopes
 from bxos.api.resources import RESOURCES
+from bxos.common.services import model_update
 from tests.bxos.api.test_api_read import make_client, token_for
 
 MAX_EXAMPLES = 10
@@ -71,8 +72,42 @@ def quiet_request_log():
     logger.setLevel(level)
 
 
+def _public_resolver(host: str, port: int) -> list[str]:
+    """hooks.example.com is a public address; any other name does not resolve (no DNS)."""
+    if host == "hooks.example.com":
+        return ["93.184.215.14"]
+    raise OSError(f"{host}: not resolved in tests")
+
+
+def _webhook_items(world, actor, client) -> dict[str, int]:
+    """An endpoint of the client and one delivery to it (of an event the district keeps)."""
+    from webhooks import services as webhook_services
+    from webhooks.models import WebhookDelivery
+
+    endpoint, _ = webhook_services.webhook_endpoint_create(
+        actor=actor,
+        district=world.district,
+        client=client,
+        name="Vendor hook",
+        url="https://hooks.example.com/in",
+        event_types=["student.updated"],
+    )
+    model_update(instance=world.b1, actor=actor, data={"preferred_name": "Generated"})
+    delivery = WebhookDelivery.objects.get(endpoint=endpoint)
+    return {
+        "/api/v1/webhooks/endpoints/{id}": endpoint.pk,
+        "/api/v1/webhooks/endpoints/{id}/rotate-secret": endpoint.pk,
+        "/api/v1/webhooks/deliveries/{id}": delivery.pk,
+        "/api/v1/webhooks/deliveries/{id}/replay": delivery.pk,
+    }
+
+
 @pytest.mark.django_db(transaction=True)
-def test_generated_requests_conform_to_the_schema(live_server, north, system, quiet_request_log):
+def test_generated_requests_conform_to_the_schema(
+    live_server, north, system, quiet_request_log, settings
+):
+    settings.OUTBOUND_HTTP = {**settings.OUTBOUND_HTTP, "RESOLVER": _public_resolver}
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "PULL_SETTLE_SECONDS": 0}
     client, _ = make_client(north, system)
     if hasattr(client, "rate_per_minute"):
         # Rate limits are not under test here: room for every generated request at once.
@@ -87,10 +122,11 @@ def test_generated_requests_conform_to_the_schema(live_server, north, system, qu
         .first()
         for r in RESOURCES
     }
+    existing |= _webhook_items(north, system, client)
     schema = schemathesis.openapi.from_url(f"{live_server.url}/api/schema/?format=json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    # list, retrieve, deletes of each; changes/available; three writes
-    assert len(operations) == 3 * len(RESOURCES) + 1 + 3
+    # list, retrieve, deletes of each; changes/available; three writes; webhooks (13)
+    assert len(operations) == 3 * len(RESOURCES) + 1 + 3 + 13
 
     failures = {}
     for operation in operations:
@@ -126,7 +162,8 @@ def _bearer(client, scope_list=None) -> dict:
     return {"Authorization": f"Bearer {token_for(client, scope_list).token}"}
 
 
-def test_error_answers_conform_to_the_schema(wsgi_schema, north, south, system):
+def test_error_answers_conform_to_the_schema(wsgi_schema, north, south, system, settings):
+    settings.OUTBOUND_HTTP = {**settings.OUTBOUND_HTTP, "RESOLVER": _public_resolver}
     client, _ = make_client(north, system)
     students = wsgi_schema["/api/v1/students"]["GET"]
     student = wsgi_schema["/api/v1/students/{id}"]["GET"]
@@ -140,6 +177,7 @@ def test_error_answers_conform_to_the_schema(wsgi_schema, north, south, system):
         (student.Case(path_parameters={"id": south.a1.pk}), _bearer(client), 404),
         (wsgi_schema["/api/v1/students/deletes"]["GET"].Case(), _bearer(client), 200),
     ]
+    cases += _webhook_error_cases(wsgi_schema, north, south, system, client)
     for case, headers, status in cases:
         response = case.call(headers=headers)
         assert response.status_code == status, (case.path, headers, response.text)
@@ -150,6 +188,40 @@ def test_error_answers_conform_to_the_schema(wsgi_schema, north, south, system):
         statuses = [case.call(headers=headers).status_code for _ in range(2)]
         assert statuses[-1] == 429, statuses
         _check(case, headers)
+
+
+def _webhook_error_cases(wsgi_schema, north, south, system, client) -> list:
+    from tests.bxos.api.test_oauth_delegated import delegated_token, make_app
+
+    endpoints = wsgi_schema["/api/v1/webhooks/endpoints"]
+    endpoint = wsgi_schema["/api/v1/webhooks/endpoints/{id}"]
+    foreign, _ = make_client(south, system)
+    items = _webhook_items(south, system, foreign)
+    app, _ = make_app(north, system, scope_list=[scopes.ROSTER, scopes.WEBHOOKS_MANAGE])
+    delegated = {"Authorization": f"Bearer {delegated_token(app, north.users['teacher']).token}"}
+    refused = {"name": "x", "url": "http://10.0.0.5/", "eventTypes": ["student.updated"]}
+    return [
+        (endpoints["GET"].Case(), _bearer(client, [scopes.ROSTER]), 403),
+        (endpoints["GET"].Case(), delegated, 403),
+        (wsgi_schema["/api/v1/events"]["GET"].Case(), delegated, 403),
+        (endpoints["POST"].Case(body=refused), _bearer(client), 400),
+        (endpoints["POST"].Case(body={**refused, "eventTypes": ["x"]}), _bearer(client), 400),
+        (endpoints["GET"].Case(), _bearer(client), 200),
+        (
+            endpoint["GET"].Case(path_parameters={"id": items["/api/v1/webhooks/endpoints/{id}"]}),
+            _bearer(client),
+            404,
+        ),
+        (
+            wsgi_schema["/api/v1/webhooks/deliveries/{id}/replay"]["POST"].Case(
+                path_parameters={"id": items["/api/v1/webhooks/deliveries/{id}"]}
+            ),
+            _bearer(client),
+            404,
+        ),
+        (wsgi_schema["/api/v1/events"]["GET"].Case(query={"since": "x"}), _bearer(client), 400),
+        (wsgi_schema["/api/v1/webhooks/event-types"]["GET"].Case(), delegated, 200),
+    ]
 
 
 def _cursor(payload) -> str:

@@ -10,7 +10,9 @@ import re
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.urls import reverse
+from django.utils import timezone
 
 from bxos.api.models import (
     ApiClient,
@@ -20,10 +22,11 @@ from bxos.api.models import (
     ThrottleRule,
 )
 from bxos.behavior import models as bm
-from bxos.common.admin import TenantAdmin
+from bxos.common.admin import GateMixin
 from bxos.common.models import AccessLogEntry
 from bxos.common.roles import ROLE_PERMISSIONS
 from bxos.schools import models as sm
+from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 ROLE_GROUP = {
     "district_admin": "District admin",
@@ -46,6 +49,11 @@ def facts(obj):
         FieldProfile,
         ThrottleRule,
         ThrottleException,
+        # Webhooks are the district's plumbing: district admins only (the role table).
+        WebhookEndpoint,
+        WebhookEvent,
+        WebhookDelivery,
+        WebhookAttempt,
     ):
         return DISTRICT_WIDE
     if m is sm.School:
@@ -86,8 +94,16 @@ def facts(obj):
     raise AssertionError(f"no facts for {m}")
 
 
+def district_of(obj) -> int | None:
+    if isinstance(obj, sm.District):
+        return obj.pk
+    if isinstance(obj, WebhookAttempt):
+        return obj.delivery.district_id
+    return obj.district_id
+
+
 def expected_visible(role: str, obj, world) -> bool:
-    district_id = obj.pk if isinstance(obj, sm.District) else obj.district_id
+    district_id = district_of(obj)
     if district_id != world.district.pk and not (
         isinstance(obj, bm.Descriptor) and obj.district_id is None
     ):
@@ -122,10 +138,11 @@ def role_can(role: str, model, action: str) -> bool:
 
 
 def admin_models():
+    """Every admin that passes the gate (TenantAdmin and the read-only logs and outboxes)."""
     return [
         model
         for model, model_admin in admin.site._registry.items()
-        if isinstance(model_admin, TenantAdmin) or model in (AccessLogEntry, DisclosureLogEntry)
+        if isinstance(model_admin, GateMixin)
     ]
 
 
@@ -135,6 +152,8 @@ def objects_of(model, worlds):
         return list(model.objects.filter(pk__in=ids))
     if model is DisclosureLogEntry:
         return list(model.objects.filter(district_id__in=ids))
+    if model is WebhookAttempt:
+        return list(model.objects.filter(delivery__district_id__in=ids))
     if model is bm.Descriptor:
         # District rows, plus a sample of the shipped defaults every district shares.
         return list(model.objects.filter(district_id__in=ids)) + list(
@@ -144,13 +163,18 @@ def objects_of(model, worlds):
 
 
 def url(model, name, *args):
-    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{name}", args=args)
+    return reverse(
+        f"admin:{model._meta.app_label}_{model._meta.model_name}_{name}",
+        args=[quote(a) for a in args],
+    )
 
 
 @pytest.fixture
 def worlds(north, south, client, system):
-    # A district-specific descriptor in each district, and access-log rows to see.
+    # A district-specific descriptor in each district, access-log rows to see, and a webhook
+    # endpoint with an event, a delivery and an attempt.
     from bxos.behavior.choices import DescriptorCategory
+    from webhooks import services as webhook_services
 
     for w in (north, south):
         bm.Descriptor.objects.create(
@@ -175,6 +199,39 @@ def worlds(north, south, client, system):
             student_ids=[w.a1.pk],
             count=1,
             request_id="r1",
+        )
+        endpoint, _ = webhook_services.webhook_endpoint_create(
+            actor=system,
+            district=w.district,
+            name=f"{w.code} data lake",
+            url="https://93.184.215.14/hook",  # a public address: no DNS lookup in the test
+            event_types=["student.updated"],
+        )
+        event = WebhookEvent.objects.create(
+            id=f"evt_01JAB3C4D5E6F7G8H9J0K1M{w.code[:3].upper()}",
+            district=w.district,
+            type="student.updated",
+            occurred_at=timezone.now(),
+            model="schools.Student",
+            object_id=w.a1.pk,
+            student_id=w.a1.pk,
+            payload=b'{"type": "student.updated"}',
+        )
+        delivery = WebhookDelivery.objects.create(
+            district=w.district,
+            event=event,
+            endpoint=endpoint,
+            endpoint_name=endpoint.name,
+            status="failed",
+            attempts=1,
+        )
+        WebhookAttempt.objects.create(
+            delivery=delivery,
+            number=1,
+            started_at=timezone.now(),
+            duration_ms=120,
+            status_code=500,
+            response_body=b"boom",
         )
     return north, south
 
