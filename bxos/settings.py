@@ -186,7 +186,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["bxos.api.authentication.ClientTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["bxos.api.permissions.HasClientScope"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["bxos.api.renderers.OrjsonRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "bxos.api.errors.problem_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["bxos.api.throttling.ClientRateThrottle"],
@@ -226,6 +226,8 @@ API = {
     # How long a process uses a client's throttle rules and exceptions before reading them
     # again: an admin's edit takes effect within this many seconds.
     "THROTTLE_RULES_TTL_SECONDS": 5,
+    # How often each process writes its request counts to the monitoring table (0: at once).
+    "MONITORING_FLUSH_SECONDS": env.float("API_MONITORING_FLUSH_SECONDS", default=2.0),
     # /api/graphql/ refuses documents nested deeper than this (fields below the top level),
     "GRAPHQL_MAX_DEPTH": 6,
     # that may read more rows than this (each list's `first`, times the lists above it, summed),

@@ -19,6 +19,14 @@ from django.db import models
 from tests.factories import build_district
 
 
+def pytest_configure(config):
+    from django.conf import settings
+
+    # Each process writes its API request counts every few seconds in production; tests read
+    # the table right after a request, and a count must not outlive the test that made it.
+    settings.API = {**settings.API, "MONITORING_FLUSH_SECONDS": 0}
+
+
 def require_services() -> bool:
     """REQUIRE_SERVICES=1 (CI) turns 'service missing: skip' into a failure."""
     return os.environ.get("REQUIRE_SERVICES") == "1"

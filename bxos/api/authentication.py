@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from oauth2_provider.contrib.rest_framework import OAuth2Authentication
+import hashlib
+
+from django.db import connection
+from oauth2_provider.models import AccessToken
 from oauth2_provider.oauth2_backends import get_oauthlib_core
 from oauthlib.common import Request as OauthlibRequest
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
-from bxos.api.models import ApiClient
+from bxos.api.models import ApiClient, FieldProfile
 from bxos.common import roles
 
 
@@ -24,25 +27,97 @@ def staff_access_problem(client: ApiClient, user) -> str | None:
     return None
 
 
-class ClientTokenAuthentication(OAuth2Authentication):
+def _columns(model) -> list:
+    return list(model._meta.concrete_fields)
+
+
+def _sql() -> str:
+    def cols(model, alias):
+        return ", ".join(f'{alias}."{f.column}"' for f in _columns(model))
+
+    return (
+        f"SELECT {cols(AccessToken, 't')}, {cols(ApiClient, 'c')}, {cols(FieldProfile, 'p')}, "
+        "ARRAY(SELECT s.school_id FROM api_apiclient_allowed_schools s "
+        "      WHERE s.apiclient_id = c.id ORDER BY s.school_id) "
+        "FROM oauth2_provider_accesstoken t "
+        "LEFT JOIN api_apiclient c ON c.application_id = t.application_id "
+        "LEFT JOIN api_fieldprofile p ON p.id = c.field_profile_id "
+        "WHERE t.token_checksum = %s"
+    )
+
+
+_TOKEN_SQL = None
+
+
+def _instance(model, values):
+    """A model instance from raw column values, through each field's database converter (as
+    the ORM's compiler does: JSON text to objects)."""
+    fields = _columns(model)
+    converted = [
+        f.from_db_value(v, None, connection) if v is not None and hasattr(f, "from_db_value") else v
+        for f, v in zip(fields, values, strict=True)
+    ]
+    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+
+
+def _load_token(checksum: str):
+    """The token and its client (with field profile and allowed schools) in one query."""
+    global _TOKEN_SQL
+    if _TOKEN_SQL is None:
+        _TOKEN_SQL = _sql()
+    with connection.cursor() as cursor:
+        cursor.execute(_TOKEN_SQL, [checksum])
+        row = cursor.fetchone()
+    if row is None:
+        return None, None
+    n_token, n_client, n_profile = (
+        len(_columns(m)) for m in (AccessToken, ApiClient, FieldProfile)
+    )
+    token = _instance(AccessToken, row[:n_token])
+    client_values = row[n_token : n_token + n_client]
+    if client_values[0] is None:
+        return token, None
+    client = _instance(ApiClient, client_values)
+    profile_values = row[n_token + n_client : n_token + n_client + n_profile]
+    client.field_profile = (
+        _instance(FieldProfile, profile_values) if profile_values[0] is not None else None
+    )
+    client._allowed_school_ids = list(row[-1])
+    return token, client
+
+
+class ClientTokenAuthentication(BaseAuthentication):
     """OAuth2 bearer token -> the ApiClient it was issued to (the request's actor).
 
     Checked on every request, not at token issue: revoking a client, suspending it or
     reaching its contract end date stops every token it holds at once. A token issued through
     the authorization code grant also carries the staff member who signed in; the client then
     acts for that person (``acting_for``), who must still hold a role in the district.
+
+    One query reads the token, its client, the client's field profile and allowed schools
+    (django-oauth-toolkit's resource-server path would take three and oauthlib's request
+    validation on top: the hottest path of the API, see docs/benchmarks.md, B3). The token is
+    found by its SHA-256 checksum, as the toolkit stores it; only the Authorization header is
+    read (RFC 9700: never a token in the query string).
     """
 
+    keyword = "Bearer"
+
     def authenticate(self, request):
-        result = super().authenticate(request)
-        if result is None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer":
             return None
-        _user, token = result
-        client = (
-            ApiClient.objects.select_related("field_profile")
-            .filter(application_id=token.application_id)
-            .first()
-        )
+        value = value.strip()
+        if not value or " " in value:
+            raise AuthenticationFailed("The Authorization header must be 'Bearer <token>'.")
+        token, client = _load_token(hashlib.sha256(value.encode()).hexdigest())
+        if token is None or token.is_expired():
+            raise AuthenticationFailed("The token is invalid or has expired.")
+        if token.resource and not any(
+            request.build_absolute_uri("/").startswith(r) for r in token.resource
+        ):
+            raise AuthenticationFailed("The token was issued for another resource server.")
         if client is None:
             raise AuthenticationFailed("This token does not belong to an API client.")
         problem = client.access_problem()
@@ -54,6 +129,9 @@ class ClientTokenAuthentication(OAuth2Authentication):
                 raise AuthenticationFailed(f"Access has stopped: {problem}.")
             client.acting_for = token.user
         return client, token
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'
 
 
 class ClientSecretAuthentication(BaseAuthentication):

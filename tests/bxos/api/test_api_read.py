@@ -201,3 +201,18 @@ def test_change_window_and_deletes(north, system):
         "data"
     ]
     assert [d["id"] for d in deletes] == [link_id]
+
+
+def test_malformed_or_foreign_bearer_tokens_are_401(north, system):
+    client, _ = make_client(north, system)
+    token = token_for(client)
+    response = APIClient(HTTP_AUTHORIZATION=f"Bearer {token.token} extra").get("/api/v1/schools")
+    assert response.status_code == 401 and "Bearer <token>" in response.json()["detail"]
+    # A token bound (RFC 8707) to another resource server is refused here.
+    token.resource = ["https://other.example/"]
+    token.save(update_fields=["resource"])
+    response = api(token).get("/api/v1/schools")
+    assert response.status_code == 401 and "another resource server" in response.json()["detail"]
+    # Never from the query string (RFC 9700).
+    response = APIClient().get("/api/v1/schools", {"access_token": token.token})
+    assert response.status_code == 401

@@ -24,6 +24,7 @@ from bxos.api.catalogue import sync_catalogue
 from bxos.api.graphql.relations import RELATIONS
 from bxos.api.graphql.schema import single_field_name
 from bxos.api.models import ApiEndpoint, ApiRequestStat, DisclosureLogEntry, FieldProfile
+from bxos.api.monitoring import flush
 from bxos.api.resources import BY_NAME, RESOURCES
 from bxos.api.services import api_client_revoke
 from bxos.api.throttling import clear_rules_cache
@@ -744,4 +745,5 @@ def test_catalogue_and_monitoring_know_graphql(north, system):
     )
     client, _ = make_client(north, system)
     gql(api(token_for(client)), "{ schools { items { id } } }")
+    flush()  # each process writes its counts every few seconds; now, for the test
     assert ApiRequestStat.objects.get(client=client, endpoint="graphql").count == 1

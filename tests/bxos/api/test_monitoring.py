@@ -1,10 +1,17 @@
 """API requests are aggregated per minute per client and endpoint, and shown to admins."""
 
+import pytest
 from django.urls import reverse
 
 from bxos.api.models import ApiRequestStat
 from bxos.api.monitoring import _percentile, stats_summary
 from tests.bxos.api.test_api_read import api, make_client, token_for
+
+
+@pytest.fixture(autouse=True)
+def _write_at_once(settings):
+    # Production adds requests up for a couple of seconds; these tests read the table at once.
+    settings.API = {**settings.API, "MONITORING_FLUSH_SECONDS": 0}
 
 
 def test_requests_are_counted_per_endpoint_with_errors(north, system):
@@ -43,3 +50,20 @@ def test_client_page_shows_the_last_day(north, system, client):
     page = client.get(reverse("admin:api_apiclient_change", args=[api_client.pk]))
     html = page.content.decode()
     assert "schools-list" in html and "requests, last 24 hours" in html.lower()
+
+
+def test_counts_held_in_memory_are_added_to_the_same_row(north, system, settings):
+    from bxos.api.monitoring import flush
+
+    settings.API = {**settings.API, "MONITORING_FLUSH_SECONDS": 3600}
+    client, _ = make_client(north, system)
+    http = api(token_for(client))
+    for _ in range(3):
+        http.get("/api/v1/schools")
+    assert not ApiRequestStat.objects.filter(client=client).exists()  # not yet written
+    flush()
+    for _ in range(2):
+        http.get("/api/v1/schools")
+    flush()
+    row = ApiRequestStat.objects.get(client=client, endpoint="schools-list")
+    assert row.count == 5 and sum(row.buckets) == 5
