@@ -51,7 +51,7 @@ from django_celery_beat.models import PeriodicTask
 from standardwebhooks.webhooks import Webhook
 
 from bxos.celery import app as celery_app
-from bxos.common.schedules import DEFAULT_SCHEDULES
+from bxos.common.schedules import DEFAULT_SCHEDULES, ensure_periodic_tasks
 from bxos.common.services import model_update
 from tests.conftest import skip_or_fail
 from tests.webhooks.receiver import Answer, Receiver
@@ -278,6 +278,8 @@ def test_a_killed_worker_and_a_restarted_broker_lose_nothing(north, system, loop
     if binary is None:
         skip_or_fail("redis-server is not installed (apt-get install redis-server)")
     task = DEFAULT_SCHEDULES[SWEEP][0]
+    # migrate creates it; an earlier transactional test's flush may have removed it since.
+    ensure_periodic_tasks()
     assert PeriodicTask.objects.filter(name=SWEEP, task=task, enabled=True).exists(), (
         "the beat sweep is not scheduled in the test database"
     )
