@@ -44,6 +44,7 @@ import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import kombu.pools
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
@@ -223,23 +224,33 @@ class CeleryProcesses:
 
 @contextlib.contextmanager
 def publishing_to(url: str):
-    """This process's Celery app sends its messages (the outbox's wake-ups) to ``url``."""
+    """This process's Celery app sends its messages (the outbox's wake-ups) to ``url``.
+
+    Celery reads CELERY_BROKER_URL from the environment before its own setting (CI sets it), so
+    both change. kombu keeps its connection pools in a process-wide registry keyed by broker
+    URL; ``kombu.pools.reset`` closes and forgets them, so neither this test nor a later one is
+    handed a pool closed underneath it.
+    """
     conf = celery_app.conf
-    saved = (conf.broker_url, conf.broker_transport_options)
+    saved = (conf.broker_url, conf.broker_transport_options, os.environ.get("CELERY_BROKER_URL"))
 
     def reset_pools() -> None:
-        if celery_app._pool is not None:
-            celery_app._pool.force_close_all()
+        kombu.pools.reset()
         celery_app._pool = None
         celery_app.amqp._producer_pool = None
 
     reset_pools()
     conf.broker_url, conf.broker_transport_options = url, {}
+    os.environ["CELERY_BROKER_URL"] = url
     try:
         yield
     finally:
         reset_pools()
-        conf.broker_url, conf.broker_transport_options = saved
+        conf.broker_url, conf.broker_transport_options = saved[0], saved[1]
+        if saved[2] is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = saved[2]
 
 
 def emit(world, actor, first: int, count: int, per_transaction: int = 25) -> None:
