@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "bxos.behavior",
     "bxos.api",
     "webhooks",
+    "integrations",
 ]
 
 MIDDLEWARE = [
@@ -323,6 +324,19 @@ OUTBOUND_HTTP = {
 if PRODUCTION and OUTBOUND_HTTP["ALLOW_LOOPBACK"]:
     raise ImproperlyConfigured("OUTBOUND_ALLOW_LOOPBACK is for tests; unset it in production")
 
+# --- Integration engine (integrations/): see shared/design/SYNC.md ---------------------------
+INTEGRATIONS = {
+    # The circuit breaker opens after this many consecutive failed runs of an integration
+    # (rejected credentials, the source unreachable or failing) and lets one trial run through
+    # after the cool-down.
+    "CIRCUIT_FAILURES": env.int("INTEGRATIONS_CIRCUIT_FAILURES", default=3),
+    "CIRCUIT_COOLDOWN_SECONDS": env.int("INTEGRATIONS_CIRCUIT_COOLDOWN", default=900),
+    # Signed inbound events older or newer than this are refused (replay protection).
+    "INBOUND_TOLERANCE_SECONDS": 300,
+    # Folder watched for OneRoster CSV zips dropped by the SIS (one sub-folder per integration).
+    "DROP_FOLDER": env.str("INTEGRATIONS_DROP_FOLDER", default=str(VAR_DIR / "drop")),
+}
+
 # --- Webhooks (webhooks/): see docs/development/decisions.md, "Webhooks" ---------------------
 WEBHOOKS = {
     # A delivery is leased this long: longer than the slowest request (OUTBOUND_HTTP's
@@ -365,3 +379,7 @@ BXOS = {
     # Page size of admin change lists for student data.
     "ADMIN_LIST_PER_PAGE": env.int("BXOS_ADMIN_LIST_PER_PAGE", default=50),
 }
+
+# Uploaded files (sync uploads: OneRoster zips). Served only through views that check access.
+MEDIA_ROOT = env.str("BXOS_MEDIA_ROOT", default=str(VAR_DIR / "media"))
+MEDIA_URL = "/media/"

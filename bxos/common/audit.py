@@ -56,20 +56,27 @@ def current_actor():
 
 
 def audit_bulk(
-    *, model: type, action: int, object_ids: Iterable[int], actor, note: str
+    *,
+    model: type,
+    action: int,
+    object_ids: Iterable[int],
+    actor,
+    note: str,
+    count: int | None = None,
 ) -> LogEntry:
     """One audit entry for a batch written by a bulk path (seeding, imports, syncs).
 
     Bulk paths skip per-row signals for speed; this keeps them visible in the audit log.
     """
     ids = list(object_ids)
+    count = len(ids) if count is None else count
     return LogEntry.objects.create(
         content_type=ContentType.objects.get_for_model(model),
         object_pk="",
         object_id=None,
-        object_repr=f"batch of {len(ids)} {model._meta.verbose_name_plural}: {note}",
+        object_repr=f"batch of {count} {model._meta.verbose_name_plural}: {note}",
         action=action,
-        changes={"batch": {"count": len(ids), "first_ids": ids[:100], "note": note}},
+        changes={"batch": {"count": count, "first_ids": ids[:100], "note": note}},
         actor=actor,
     )
 

@@ -1,0 +1,1 @@
+"""Connector types: one module per protocol, registered by name in ``registry``."""

@@ -1,0 +1,399 @@
+"""The integration engine's rows: integrations, mappings, sync definitions, runs and their trail.
+
+Rows here describe and record syncs; the synced data itself lives in the domain tables
+(bxos.schools, bxos.behavior) with lineage columns (``source_system``, ``source_id``,
+``last_run_id``). See shared/design/SYNC.md and integrations/pipeline.py.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+
+from bxos.common.constraints import FieldConstraintErrors, in_range, valid_code
+from bxos.common.fields import EncryptedTextField
+from bxos.common.permissions import Gate
+from integrations import choices
+
+
+class Integration(FieldConstraintErrors, models.Model):
+    """A connection to one source system of a district, of one connector type.
+
+    Parameters the type declares are in ``params``; the secret ones in ``secrets``
+    (encrypted, JSON), never shown again. ``state`` is the connector's own memory between runs
+    (a cached token), encrypted as it may hold credentials. The circuit breaker lives here.
+    """
+
+    district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
+    name = models.CharField(max_length=150)
+    connector_type = models.CharField(max_length=40)
+    source_system = models.SlugField(
+        max_length=64,
+        help_text="Short name recorded on every synced row (lineage), e.g. 'powerschool'.",
+    )
+    params = models.JSONField(default=dict, blank=True)
+    secrets = EncryptedTextField(blank=True, default="")
+    state = EncryptedTextField(blank=True, default="")
+    is_active = models.BooleanField(default=True)
+    circuit_state = models.CharField(
+        max_length=10, choices=choices.CircuitState.choices, default=choices.CircuitState.CLOSED
+    )
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    circuit_opened_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_test_at = models.DateTimeField(null=True, blank=True)
+    last_test_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    gate = Gate()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["district", "source_system"],
+                name="integration_source_system_unique",
+                violation_error_message="Another integration of this district already uses "
+                "this source system name.",
+            ),
+            valid_code("circuit_state", choices.CircuitState, name="integration_circuit_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Crosswalk(FieldConstraintErrors, models.Model):
+    """A value table for mappings, e.g. the SIS's race codes to CEDS codes."""
+
+    district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
+    name = models.SlugField(max_length=64)
+    description = models.CharField(max_length=300, blank=True)
+    values = models.JSONField(default=dict, help_text='Source value to hub value: {"1": "HI7"}.')
+
+    gate = Gate()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["district", "name"],
+                name="crosswalk_name_unique",
+                violation_error_message="This district already has a crosswalk with this name.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Mapping(FieldConstraintErrors, models.Model):
+    """How one hub entity is filled from an integration's records; points at its current
+    version. Versions are never edited: saving rules makes a new one."""
+
+    integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="mappings")
+    entity = models.CharField(max_length=40)
+    current = models.ForeignKey(
+        "MappingVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    gate = Gate(district="integration__district")
+
+    class Meta:
+        ordering = ["integration", "entity"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["integration", "entity"],
+                name="mapping_one_per_entity",
+                violation_error_message="This integration already has a mapping for this entity.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.integration}: {self.entity}"
+
+
+class MappingVersion(models.Model):
+    """One saved set of mapping rules (see integrations.transforms); a run records which."""
+
+    mapping = models.ForeignKey(Mapping, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    rules = models.JSONField()
+    note = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    gate = Gate(district="mapping__integration__district")
+
+    class Meta:
+        ordering = ["mapping", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["mapping", "number"], name="mapping_version_unique_number"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mapping} v{self.number}"
+
+
+class SyncDefinition(FieldConstraintErrors, models.Model):
+    """What to sync, how, when, and when to stop and ask: a run is one execution of it."""
+
+    integration = models.ForeignKey(
+        Integration, on_delete=models.CASCADE, related_name="definitions"
+    )
+    name = models.CharField(max_length=150)
+    entities = ArrayField(models.CharField(max_length=40), help_text="Hub entities to sync.")
+    mode = models.CharField(
+        max_length=12, choices=choices.SyncMode.choices, default=choices.SyncMode.FULL
+    )
+    direction = models.CharField(
+        max_length=14, choices=choices.Direction.choices, default=choices.Direction.ONE_WAY
+    )
+    conflict_policy = models.CharField(
+        max_length=12,
+        choices=choices.ConflictPolicy.choices,
+        default=choices.ConflictPolicy.SOURCE_WINS,
+        help_text="Bidirectional syncs: which side wins when both changed a record.",
+    )
+    schedule_kind = models.CharField(
+        max_length=10, choices=choices.ScheduleKind.choices, default=choices.ScheduleKind.MANUAL
+    )
+    interval_minutes = models.PositiveIntegerField(null=True, blank=True)
+    crontab = models.CharField(
+        max_length=100, blank=True, help_text="Five fields: minute hour day month weekday."
+    )
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    inbound_secret = EncryptedTextField(blank=True, default="", editable=False)
+    hold_removal_pct = models.PositiveSmallIntegerField(
+        "hold when removing more than (%)",
+        default=10,
+        help_text="Hold the run for approval when it would remove more than this share of an "
+        "entity's rows from this source.",
+    )
+    hold_change_pct = models.PositiveSmallIntegerField(
+        "hold when changing more than (%)",
+        default=100,
+        help_text="Hold when updates plus removals exceed this share of existing rows (100: "
+        "never).",
+    )
+    hold_min_rows = models.PositiveIntegerField(
+        default=20, help_text="Thresholds apply once an entity has at least this many rows."
+    )
+    cursor = models.CharField(max_length=100, blank=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    gate = Gate(district="integration__district")
+
+    class Meta:
+        ordering = ["integration", "name"]
+        constraints = [
+            valid_code("mode", choices.SyncMode, name="syncdef_mode_valid"),
+            valid_code("direction", choices.Direction, name="syncdef_direction_valid"),
+            valid_code("conflict_policy", choices.ConflictPolicy, name="syncdef_policy_valid"),
+            valid_code("schedule_kind", choices.ScheduleKind, name="syncdef_schedule_valid"),
+            in_range("hold_removal_pct", 0, 100, name="syncdef_removal_pct_range"),
+            in_range("hold_change_pct", 0, 100, name="syncdef_change_pct_range"),
+            models.CheckConstraint(
+                condition=~Q(schedule_kind="interval") | Q(interval_minutes__gte=1),
+                name="syncdef_interval_needs_minutes",
+                violation_error_message="An interval schedule needs a number of minutes.",
+            ),
+            models.CheckConstraint(
+                condition=~Q(schedule_kind="crontab") | ~Q(crontab=""),
+                name="syncdef_crontab_needs_expression",
+                violation_error_message="A crontab schedule needs an expression.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SyncRun(models.Model):
+    """One execution of a sync definition: status, counts, progress, diff and log."""
+
+    definition = models.ForeignKey(SyncDefinition, on_delete=models.CASCADE, related_name="runs")
+    district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(
+        max_length=12, choices=choices.RunStatus.choices, default=choices.RunStatus.QUEUED
+    )
+    trigger = models.CharField(
+        max_length=10, choices=choices.RunTrigger.choices, default=choices.RunTrigger.MANUAL
+    )
+    mode = models.CharField(max_length=12, choices=choices.SyncMode.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    queued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    phase = models.CharField(max_length=80, blank=True)
+    total = models.BigIntegerField(default=0)
+    processed = models.BigIntegerField(default=0)
+    read_count = models.BigIntegerField("read", default=0)
+    created_count = models.BigIntegerField("created", default=0)
+    updated_count = models.BigIntegerField("updated", default=0)
+    unchanged_count = models.BigIntegerField("unchanged", default=0)
+    deleted_count = models.BigIntegerField("deleted", default=0)
+    failed_count = models.BigIntegerField("failed", default=0)
+    skipped_count = models.BigIntegerField("skipped", default=0)
+    mapping_versions = models.JSONField(default=dict, blank=True)
+    cursor_before = models.CharField(max_length=100, blank=True)
+    cursor_after = models.CharField(max_length=100, blank=True)
+    diff = models.JSONField(default=dict, blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+    message = models.TextField(blank=True)
+    log = models.TextField(blank=True)
+    upload = models.FileField(upload_to="sync-uploads/", blank=True)
+    staging = models.JSONField(default=dict, blank=True, editable=False)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    rolled_back_at = models.DateTimeField(null=True, blank=True)
+
+    gate = Gate()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["definition", "-id"], name="syncrun_definition_recent")]
+        constraints = [valid_code("status", choices.RunStatus, name="syncrun_status_valid")]
+
+    def __str__(self) -> str:
+        return f"Run #{self.pk} of {self.definition}"
+
+    @property
+    def percent(self) -> int:
+        if self.status in choices.FINISHED:
+            return 100
+        if not self.total:
+            return 0
+        return min(100, int(self.processed * 100 / self.total))
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class RecordError(models.Model):
+    """One record that could not be synced: where it was, which field, why, and its data.
+
+    Open errors are retried on the next run of the same definition until they succeed or an
+    admin dismisses them.
+    """
+
+    run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="errors")
+    definition = models.ForeignKey(
+        SyncDefinition, on_delete=models.CASCADE, related_name="record_errors"
+    )
+    district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
+    entity = models.CharField(max_length=40)
+    file = models.CharField(max_length=200, blank=True)
+    line = models.BigIntegerField(null=True, blank=True)
+    field = models.CharField(max_length=100, blank=True)
+    reason = models.TextField()
+    source_id = models.CharField(max_length=255, blank=True)
+    raw = models.JSONField(null=True, blank=True)
+    status = models.CharField(
+        max_length=10, choices=choices.ErrorStatus.choices, default=choices.ErrorStatus.OPEN
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    gate = Gate()
+
+    class Meta:
+        ordering = ["run", "entity", "line", "id"]
+        indexes = [
+            models.Index(fields=["definition", "entity", "status"], name="recorderror_open_by_def")
+        ]
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file or self.entity
+        return f"{where} {self.field}: {self.reason}"
+
+
+class RunChange(models.Model):
+    """A row a run changed, with its before-image, so the run can be rolled back exactly.
+
+    Inserted rows need no image (rollback deletes them); updated and deleted rows keep their
+    full row as JSON. Kept until the next run of the same definition succeeds.
+    """
+
+    run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="changes")
+    table_name = models.CharField(max_length=128)
+    object_id = models.BigIntegerField()
+    op = models.CharField(max_length=6, choices=choices.ChangeOp.choices)
+    before = models.JSONField(null=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["run", "table_name"], name="runchange_run_table")]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.table_name} #{self.object_id}"
+
+
+class IdentityReview(FieldConstraintErrors, models.Model):
+    """An incoming person who may be someone the hub already has: a person decides.
+
+    Same name and birth date as an existing person but different identifiers. Never merged
+    automatically. A merge links the existing row to the source record (keeping the prior
+    lineage in ``before`` so it can be reversed); "distinct" lets the next run create a new
+    person.
+    """
+
+    district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
+    integration = models.ForeignKey(
+        Integration, on_delete=models.CASCADE, related_name="identity_reviews"
+    )
+    run = models.ForeignKey(SyncRun, null=True, on_delete=models.SET_NULL, related_name="+")
+    entity = models.CharField(max_length=40)
+    source_id = models.CharField(max_length=255)
+    incoming = models.JSONField(help_text="The incoming record's mapped fields.")
+    candidate_id = models.BigIntegerField(help_text="The existing row it may be.")
+    reason = models.CharField(max_length=300)
+    status = models.CharField(
+        max_length=10, choices=choices.ReviewStatus.choices, default=choices.ReviewStatus.OPEN
+    )
+    before = models.JSONField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    gate = Gate()
+
+    class Meta:
+        ordering = ["status", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["integration", "entity", "source_id"],
+                condition=Q(status="open"),
+                name="identity_review_one_open",
+            ),
+            valid_code("status", choices.ReviewStatus, name="identity_review_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entity} {self.source_id}: {self.reason}"

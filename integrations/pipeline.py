@@ -1,0 +1,1511 @@
+"""The sync pipeline: stream, transform, stage, validate, diff, hold, merge, stamp, emit.
+
+Everything after reading is set-wise SQL over staging tables, so a run of a million records
+costs a handful of statements, not a million round trips (benchmark B2):
+
+1. **Stage.** Each entity's source records land in an UNLOGGED table in schema ``sync_stage``:
+   a bulk CSV file by PostgreSQL ``COPY`` straight from the file (falling back to Python's CSV
+   reader only when the file has malformed rows, to report every one of them), records from an
+   API by ``COPY ... FROM STDIN`` rows. Open record errors of earlier runs are added back, so a
+   failed record is retried until it succeeds or is dismissed.
+2. **Transform and validate.** The mapping (``integrations.transforms``) is compiled to one SQL
+   expression per hub field; one ``CREATE TABLE AS`` computes them all. Type, required, code,
+   length and duplicate checks are one ``INSERT ... SELECT`` into the record errors, naming
+   file, line, field and reason. Bad rows are flagged, not dropped, so that a full sync does
+   not mistake a row it could not read for a removal.
+3. **Merge**, for all entities in one transaction, referenced entities first: resolve
+   references by source id, match identities (source id, state id, number plus name and birth
+   date; an ambiguous person goes to the review queue), diff against current rows column by
+   column (unchanged rows are not touched, so they keep their change version), and if the
+   changes cross the definition's thresholds, roll back and hold the run with a preview.
+   Otherwise keep before-images (rollback), update, insert, remove (deactivate people, delete
+   the rest: the delete trigger writes tombstones), advance the cursor, audit, emit events.
+   A constraint the database still rejects (two rows claiming one open enrollment) is isolated
+   by bisection under savepoints and becomes a record error; the rest of the set goes in.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from auditlog.models import LogEntry
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+from psycopg import sql as psql
+
+from bxos.common import events
+from bxos.common.audit import acting_as, audit_bulk
+from integrations import entities as ent
+from integrations import transforms
+from integrations.choices import ChangeOp, ErrorStatus, ReviewStatus, RunStatus
+from integrations.connectors.base import ConnectorError, CsvFile, EntityRead, SourceRecord
+from integrations.models import IdentityReview, RecordError, RunChange, SyncRun
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "sync_stage"
+#: per-row domain events are emitted up to this many changed rows per entity; above it, only
+#: the run's summary event (a roster load must not flood webhook endpoints)
+ROW_EVENTS_MAX = 2000
+
+# Python codec -> PostgreSQL COPY encoding, for the native fast path.
+PG_ENCODINGS = {
+    "utf-8": "UTF8",
+    "utf-8-sig": "UTF8",
+    "cp1252": "WIN1252",
+    "windows-1252": "WIN1252",
+    "latin-1": "LATIN1",
+    "iso-8859-1": "LATIN1",
+    "iso8859-1": "LATIN1",
+}
+
+TRUE_WORDS = ("true", "t", "1", "yes", "y")
+FALSE_WORDS = ("false", "f", "0", "no", "n")
+
+
+class Held(Exception):
+    """Raised inside the merge transaction to undo it and hold the run."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+def q(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(value: Any) -> str:
+    """A quoted SQL literal."""
+    return psql.Literal(value).as_string(None)
+
+
+def _codec(name: str) -> str:
+    return codecs.lookup(name).name
+
+
+# --- progress, written on a side connection so it is visible while the merge runs ------------
+
+
+class Progress:
+    """Updates the run's progress columns from a separate autocommit connection, at most
+    twice a second: the run's own transaction is invisible to the admin's progress bar."""
+
+    def __init__(self, run: SyncRun) -> None:
+        self.run = run
+        self._conn: psycopg.Connection | None = None
+        self._last = 0.0
+
+    def _connection(self) -> psycopg.Connection | None:
+        if self._conn is None:
+            try:
+                params = connection.get_connection_params()
+                self._conn = psycopg.connect(**params, autocommit=True)
+            except Exception:  # progress is a courtesy; a failure must not fail the run
+                logger.exception("progress connection failed")
+                return None
+        return self._conn
+
+    def update(self, *, force: bool = False, **values: Any) -> None:
+        for name, value in values.items():
+            setattr(self.run, name, value)
+        now = time.monotonic()
+        if not force and now - self._last < 0.5:
+            return
+        self._last = now
+        conn = self._connection()
+        if conn is None:
+            return
+        try:
+            conn.execute(
+                "UPDATE integrations_syncrun SET processed = %s, total = %s, phase = %s "
+                "WHERE id = %s",
+                [self.run.processed, self.run.total, self.run.phase[:80], self.run.pk],
+            )
+        except Exception:
+            logger.exception("progress update failed")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+# --- staging -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Staged:
+    """What the staging step left for one entity."""
+
+    entity: str
+    raw: str  # qualified raw table
+    table: str  # qualified mapped table
+    complete: bool
+    rows: int
+    key_changes: list[tuple[str, str]] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+
+
+class Stager:
+    """Loads one run's source records into staging tables and checks them set-wise."""
+
+    def __init__(self, run: SyncRun, *, progress: Progress, log) -> None:
+        self.run = run
+        self.definition = run.definition
+        self.integration = self.definition.integration
+        self.progress = progress
+        self.log = log
+        self.warnings: list[str] = []
+        self._joins: list[tuple[str, set[str], object]] = []
+        self._warned: set[str] = set()
+
+    def table_name(self, entity: str, suffix: str = "") -> str:
+        return f"{SCHEMA}.{q(f'r{self.run.pk}_{entity}{suffix}')}"
+
+    # -- entry point
+
+    def stage(self, read: EntityRead, *, rules: list[dict], crosswalks: dict[str, dict]) -> Staged:
+        entity = read.entity
+        spec = ent.spec(entity)
+        raw = self.table_name(entity, "_raw")
+        with connection.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            cur.execute(f"DROP TABLE IF EXISTS {raw}")
+        self._joins = []
+        needed = self._needed_fields(read, rules)
+        if read.csv is not None:
+            columns, file_sql, sid_sql, deleted_sql = self._stage_csv(read, raw, needed, rules)
+        else:
+            columns, file_sql, sid_sql, deleted_sql = self._stage_records(read, raw, needed)
+        self._inject_retries(entity, raw, columns, read)
+        mapped = self.table_name(entity)
+        targets = self._map(
+            spec, read, raw, mapped, columns, rules, crosswalks, file_sql, sid_sql, deleted_sql
+        )
+        rows = self._validate(spec, raw, mapped, targets, read)
+        return Staged(
+            entity=entity,
+            raw=raw,
+            table=mapped,
+            complete=read.complete,
+            rows=rows,
+            key_changes=list(read.key_changes),
+            targets=targets,
+        )
+
+    def _needed_fields(self, read: EntityRead, rules: list[dict]) -> set[str]:
+        needed = set(transforms.source_fields(rules)) - {"_item"}
+        needed.update(read.where)
+        if read.explode:
+            needed.add(read.explode)
+        return needed
+
+    # -- CSV: native COPY, Python fallback for malformed files
+
+    def _stage_csv(self, read: EntityRead, raw: str, needed: set[str], rules: list[dict]):
+        source: CsvFile = read.csv
+        encoding = _codec(source.encoding)
+        header = self._csv_header(source, encoding)
+        join_headers: list[list[str]] = []
+        for join in read.joins:
+            jh = self._csv_header(join.csv, _codec(join.csv.encoding))
+            if join.key not in jh:
+                raise ConnectorError(f"{join.csv.name} lacks the column {join.key}", kind="input")
+            if join.from_field not in header:
+                raise ConnectorError(
+                    f"{source.name} lacks the column {join.from_field}", kind="input"
+                )
+            join_headers.append(jh)
+        joined = [
+            c
+            for join, jh in zip(read.joins, join_headers, strict=True)
+            for c in (list(join.aggregates) if join.aggregates else jh)
+        ]
+        available = set(header) | set(joined) | set(read.derived)
+        missing = sorted(f for f in self._required_columns(read, rules) if f not in available)
+        if missing:
+            raise ConnectorError(
+                f"{source.name} lacks the required column(s) {', '.join(missing)}; "
+                f"its header has: {', '.join(header)}",
+                kind="input",
+            )
+        for name, sql in read.derived.items():
+            refs = set(re.findall(r'r\."([^"]+)"', sql))
+            absent = sorted(refs - set(header) - set(joined))
+            if absent and name in needed:
+                raise ConnectorError(
+                    f"{source.name} lacks the column(s) {', '.join(absent)} needed for {name}",
+                    kind="input",
+                )
+        self._warn_unknown(source.name, header, read)
+        if len(set(header)) != len(header):
+            dupes = sorted({h for h in header if header.count(h) > 1})
+            raise ConnectorError(
+                f"{source.name} repeats the column(s) {', '.join(dupes)} in its header",
+                kind="input",
+            )
+        cols = ", ".join(f"{q(h)} text" for h in header)
+        with connection.cursor() as cur:
+            cur.execute(
+                f"CREATE UNLOGGED TABLE {raw} (_line bigint GENERATED BY DEFAULT AS IDENTITY "
+                f"(START WITH 2), _file text, {cols})"
+            )
+        loaded = self._load_csv(source, raw, header, encoding, read.entity)
+        self.log(f"{read.entity}: staged {loaded} rows from {source.name}")
+        self._joins = []
+        for n, (join, jh) in enumerate(zip(read.joins, join_headers, strict=True)):
+            join_raw = raw[:-1] + f'_j{n}"'
+            jcols = ", ".join(f"{q(h)} text" for h in jh)
+            with connection.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {join_raw}")
+                cur.execute(
+                    f"CREATE UNLOGGED TABLE {join_raw} (_line bigint GENERATED BY DEFAULT AS "
+                    f"IDENTITY (START WITH 2), _file text, {jcols})"
+                )
+            self._load_csv(join.csv, join_raw, jh, _codec(join.csv.encoding), read.entity)
+            provides = set(join.aggregates) if join.aggregates else set(jh) - set(header)
+            self._joins.append((join_raw, provides, join))
+        file_sql = f"coalesce(r._file, {lit(source.name)})"
+        sid_sql = f"r.{q(read.id_field)}"
+        if read.deleted_when and read.deleted_when[0] in header:
+            fld, value = read.deleted_when
+            deleted_sql = f"coalesce(r.{q(fld)} = {lit(value)}, false)"
+        else:
+            deleted_sql = "false"
+        return set(header), file_sql, sid_sql, deleted_sql
+
+    def _warn_unknown(self, where: str, fields, read: EntityRead) -> None:
+        """Fields the protocol does not define are ignored, with one warning per file."""
+        if read.known_fields is None or where in self._warned:
+            return
+        unknown = [f for f in fields if f not in read.known_fields and not f.startswith("_")]
+        if unknown:
+            self._warned.add(where)
+            more = " ..." if len(unknown) > 12 else ""
+            self.warnings.append(
+                f"{where}: unknown field(s) ignored: {', '.join(unknown[:12])}{more}"
+            )
+
+    def _load_csv(
+        self, source: CsvFile, raw: str, header: list[str], encoding: str, entity: str
+    ) -> int:
+        pg_encoding = PG_ENCODINGS.get(encoding)
+        loaded = None
+        if pg_encoding:
+            loaded = self._copy_native(source, raw, header, pg_encoding, encoding)
+        if loaded is None:
+            loaded = self._copy_parsed(source, raw, header, encoding, entity)
+        return loaded
+
+    def _required_columns(self, read: EntityRead, rules: list[dict]) -> set[str]:
+        spec = ent.spec(read.entity)
+        required = {read.id_field, *read.where}
+        if read.explode:
+            required.add(read.explode)
+        for rule in rules:
+            try:
+                target = spec.target(rule.get("target", ""))
+            except KeyError:
+                continue
+            ops = {t.get("op") for t in rule.get("transforms", [])}
+            if not target.required or target.default_sql or ops & {"default", "constant"}:
+                continue
+            source = rule.get("source")
+            fields = source if isinstance(source, list) else [source] if source else []
+            required.update(f for f in fields if f != "_item")
+        return required
+
+    def _csv_header(self, source: CsvFile, encoding: str) -> list[str]:
+        with open(source.path, encoding=encoding, newline="") as fh:
+            try:
+                header = next(csv.reader(fh), None)
+            except UnicodeDecodeError as exc:
+                raise ConnectorError(
+                    f"{source.name} is not {encoding}: {exc.reason} at byte {exc.start}",
+                    kind="input",
+                ) from exc
+        if not header:
+            raise ConnectorError(f"{source.name} is empty: no header row", kind="input")
+        return [h.strip().lstrip("\ufeff") for h in header]
+
+    def _copy_native(
+        self, source: CsvFile, raw: str, header: list[str], pg_encoding: str, encoding: str
+    ) -> int | None:
+        cols = ", ".join(q(h) for h in header)
+        statement = (
+            f"COPY {raw} ({cols}) FROM STDIN WITH (FORMAT csv, HEADER true, "
+            f"ENCODING {lit(pg_encoding)})"
+        )
+        size = source.path.stat().st_size
+        done = 0
+        try:
+            with transaction.atomic(), connection.cursor() as cur:
+                with open(source.path, "rb") as fh, cur.copy(statement) as copy:
+                    # COPY does not skip a byte-order mark: it would become part of the first
+                    # column's name.
+                    if pg_encoding != "UTF8" or fh.read(3) != codecs.BOM_UTF8:
+                        fh.seek(0)
+                    while chunk := fh.read(1 << 20):
+                        copy.write(chunk)
+                        done += len(chunk)
+                        self.progress.update(
+                            phase=f"Loading {source.name} ({done * 100 // max(size, 1)}%)"
+                        )
+                cur.execute(f"SELECT count(*) FROM {raw}")
+                return cur.fetchone()[0]
+        except (DatabaseError, psycopg.Error) as exc:
+            # A malformed row (a missing or extra field, a stray quote) fails the whole COPY.
+            # Re-read with Python's parser, which reports every such row and loads the rest.
+            self.log(
+                f"{source.name}: COPY refused the file ({_first_line(exc)}); re-reading row by row"
+            )
+            return None
+
+    def _copy_parsed(
+        self, source: CsvFile, raw: str, header: list[str], encoding: str, entity: str
+    ) -> int:
+        errors: list[RecordError] = []
+        count = 0
+        cols = ", ".join(["_line", *(q(h) for h in header)])
+        width = len(header)
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(f"TRUNCATE {raw}")
+            with (
+                open(source.path, encoding=encoding, newline="") as fh,
+                cur.copy(f"COPY {raw} ({cols}) FROM STDIN") as copy,
+            ):
+                reader = csv.reader(fh)
+                try:
+                    next(reader)
+                    for row in reader:
+                        line = reader.line_num
+                        if len(row) != width:
+                            if not any(cell.strip() for cell in row):
+                                continue  # blank line
+                            errors.append(
+                                self._error(
+                                    entity,
+                                    file=source.name,
+                                    line=line,
+                                    field="",
+                                    reason=f"the row has {len(row)} fields; the header has {width}",
+                                    raw={"row": row[:50]},
+                                )
+                            )
+                            continue
+                        copy.write_row([line, *row])
+                        count += 1
+                except (csv.Error, UnicodeDecodeError) as exc:
+                    raise ConnectorError(
+                        f"{source.name} line {reader.line_num}: {exc}", kind="input"
+                    ) from exc
+        RecordError.objects.bulk_create(errors)
+        return count
+
+    # -- records from an API
+
+    def _stage_records(self, read: EntityRead, raw: str, needed: set[str]):
+        first = True
+        columns: list[str] = []
+        unknown: set[str] = set()
+        count = 0
+
+        def rows(records: Iterable[SourceRecord]) -> Iterator[list]:
+            nonlocal count
+            for position, record in enumerate(records, start=1):
+                if first_seen(record):
+                    pass
+                count += 1
+                yield [
+                    record.line if record.line is not None else position,
+                    record.file,
+                    record.source_id,
+                    record.deleted,
+                    *(_text(record.fields.get(c)) for c in columns),
+                ]
+
+        def first_seen(record: SourceRecord) -> bool:
+            nonlocal first
+            if len(unknown) < 50 and read.known_fields is not None:
+                unknown.update(k for k in record.fields if k not in read.known_fields)
+            if first:
+                first = False
+                return True
+            return False
+
+        columns = sorted(needed)
+        cols = ", ".join(f"{q(c)} text" for c in columns)
+        with connection.cursor() as cur:
+            cur.execute(
+                f"CREATE UNLOGGED TABLE {raw} (_line bigint, _file text, _sid text, "
+                f"_deleted boolean{', ' if cols else ''}{cols})"
+            )
+        names = ", ".join(["_line", "_file", "_sid", "_deleted", *(q(c) for c in columns)])
+        statement = f"COPY {raw} ({names}) FROM STDIN"
+        with transaction.atomic(), connection.cursor() as cur, cur.copy(statement) as copy:
+            for row in rows(read.records or ()):
+                copy.write_row(row)
+                if count % 1000 == 0:
+                    self.progress.update(phase=f"Reading {read.entity} ({count} records)")
+        self._warn_unknown(read.entity, sorted(unknown), read)
+        self.log(f"{read.entity}: staged {count} records")
+        return set(columns) | {"_file", "_sid", "_deleted"}, "r._file", "r._sid", "r._deleted"
+
+    # -- retries of records that failed in earlier runs
+
+    def _inject_retries(self, entity: str, raw: str, columns: set[str], read: EntityRead) -> None:
+        """Add back the records that failed in earlier runs of this definition.
+
+        A record the source sent again in this run is not re-added: the newer data wins.
+        Re-added rows get line numbers above 2,000,000,000 and a file name saying where they
+        came from, so their errors cannot be confused with this run's rows.
+        """
+        pending = RecordError.objects.filter(
+            definition=self.definition, entity=entity, status=ErrorStatus.OPEN, raw__isnull=False
+        ).exclude(run=self.run)
+        if not pending.exists():
+            return
+        id_col = "_sid" if read.csv is None else read.id_field
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                "AND NOT attisdropped AND attname NOT IN ('_line', '_file')",
+                [raw],
+            )
+            cols = [r[0] for r in cur.fetchall()]
+            has_file = read.csv is None
+            if not has_file:
+                cur.execute(f"ALTER TABLE {raw} ADD COLUMN IF NOT EXISTS _file text")
+            names = ", ".join(["_line", "_file", *(q(c) for c in cols)])
+            picks = ", ".join(f"(p).{q(c)}" for c in cols)
+            cur.execute(
+                f"""
+                INSERT INTO {raw} ({names})
+                SELECT 2000000000 + row_number() OVER (ORDER BY e.id),
+                       'retry of ' || coalesce(nullif(e.file, ''), %(entity)s) || ' line '
+                         || coalesce(e.line::text, '?') || ' (run #' || e.run_id || ')',
+                       {picks}
+                FROM (
+                    SELECT DISTINCT ON (raw ->> %(id_col)s) id, run_id, file, line,
+                           raw ->> %(id_col)s AS record_id,
+                           jsonb_populate_record(NULL::{raw}, raw) AS p
+                    FROM integrations_recorderror
+                    WHERE definition_id = %(definition)s AND entity = %(entity)s
+                      AND status = 'open' AND run_id <> %(run)s AND raw IS NOT NULL
+                    ORDER BY raw ->> %(id_col)s, id DESC
+                ) e
+                WHERE NOT EXISTS (SELECT 1 FROM {raw} x WHERE x.{q(id_col)} = e.record_id)
+                """,
+                {**self._params(entity), "id_col": id_col},
+            )
+            if cur.rowcount:
+                self.log(f"{entity}: retrying {cur.rowcount} record(s) that failed before")
+
+    # -- mapping and validation
+
+    def _map(
+        self, spec, read, raw, mapped, columns, rules, crosswalks, file_sql, sid_sql, deleted_sql
+    ) -> list[str]:
+        joins = self._joins if read.csv is not None else []
+
+        def column(name: str) -> str:
+            if name == "_item":
+                return "btrim(x._item)" if read.explode else "NULL::text"
+            if name in read.derived:
+                return f"NULLIF(({read.derived[name]}), '')"
+            if name in columns:
+                return f"NULLIF(r.{q(name)}, '')"
+            for n, (_table, provides, _join) in enumerate(joins):
+                if name in provides:
+                    return f"NULLIF(j{n}.{q(name)}, '')"
+            return "NULL::text"
+
+        missing = sorted(
+            f for f in transforms.source_fields(rules) if f != "_item" and column(f) == "NULL::text"
+        )
+        if missing and read.csv is not None:
+            self.warnings.append(
+                f"{read.entity}: the mapping uses field(s) the source does not have: "
+                f"{', '.join(missing)} (left empty)"
+            )
+        compiled = transforms.compile_rules(rules, column=column, crosswalks=crosswalks)
+        selects = [
+            "r._line AS _line",
+            f"{file_sql} AS _file",
+            f"{sid_sql} AS _sid",
+            f"{deleted_sql} AS _deleted",
+        ]
+        if read.explode:
+            selects[2] = f"{sid_sql} || ':' || btrim(x._item) AS _sid"
+        targets = []
+        for c in compiled:
+            if c.target not in {t.name for t in spec.targets}:
+                continue
+            targets.append(c.target)
+            selects.append(f"({c.value_sql})::text AS {q('v_' + c.target)}")
+            selects.append(f"({c.error_sql or 'NULL'})::text AS {q('e_' + c.target)}")
+        where = [
+            f"{column(k)} IN ({', '.join(lit(v) for v in values)})"
+            for k, values in read.where.items()
+        ]
+        explode = ""
+        for n, (table, _provides, join) in enumerate(joins):
+            key, left = q(join.key), q(join.from_field)
+            if join.aggregates:
+                aggs = ", ".join(f"{sql} AS {q(alias)}" for alias, sql in join.aggregates.items())
+                sub = f"SELECT {key}, {aggs} FROM {table} x GROUP BY {key}"
+            else:
+                sub = f"SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key}, _line"
+            explode += f" LEFT JOIN ({sub}) j{n} ON j{n}.{key} = r.{left}"
+        if read.explode:
+            explode += (
+                f" CROSS JOIN LATERAL unnest(string_to_array({column(read.explode)}, ','))"
+                " AS x(_item)"
+            )
+        with connection.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {mapped}")
+            cur.execute(
+                f"CREATE UNLOGGED TABLE {mapped} AS SELECT {', '.join(selects)}, false AS _bad "
+                f"FROM {raw} r{explode}" + (f" WHERE {' AND '.join(where)}" if where else "")
+            )
+        return targets
+
+    def _validate(
+        self, spec: ent.EntitySpec, raw: str, mapped: str, targets: list[str], read
+    ) -> int:
+        checks: list[tuple[str, str]] = [
+            (
+                "",
+                "CASE WHEN m._sid IS NULL OR m._sid = '' THEN "
+                f"{lit('the record has no source id (' + read.id_field + ')')} END",
+            ),
+        ]
+        for name in targets:
+            target = spec.target(name)
+            v = f"m.{q('v_' + name)}"
+            # The transform's own error first; then (only without one) type and requiredness.
+            checks.append(
+                (name, f"coalesce(m.{q('e_' + name)}, {self._type_check(spec, target, v)})")
+            )
+        for target in spec.targets:
+            if target.required and target.default_sql is None and target.name not in targets:
+                raise ConnectorError(
+                    f"the {spec.name} mapping does not fill the required field {target.name}",
+                    kind="input",
+                )
+        values = ", ".join(f"({lit(f)}, {expr})" for f, expr in checks)
+        with connection.cursor() as cur:
+            cur.execute(
+                f"""
+                INSERT INTO integrations_recorderror
+                    (run_id, definition_id, district_id, entity, file, line, field, reason,
+                     source_id, status, created_at)
+                SELECT %(run)s, %(definition)s, %(district)s, %(entity)s, m._file, m._line,
+                       e.field, e.reason, coalesce(m._sid, ''), 'open', now()
+                FROM {mapped} m CROSS JOIN LATERAL (VALUES {values}) AS e(field, reason)
+                WHERE e.reason IS NOT NULL AND NOT (m._deleted AND e.field <> '')
+                """,
+                self._params(spec.name),
+            )
+            # The same source id twice: the later rows fail, naming the first line.
+            cur.execute(
+                f"""
+                INSERT INTO integrations_recorderror
+                    (run_id, definition_id, district_id, entity, file, line, field, reason,
+                     source_id, status, created_at)
+                SELECT %(run)s, %(definition)s, %(district)s, %(entity)s, d._file, d._line, '',
+                       'source id ' || quote_literal(d._sid)
+                         || ' appears more than once; first on line '
+                       || d.first_line, d._sid, 'open', now()
+                FROM (
+                    SELECT _file, _line, _sid,
+                           row_number() OVER w AS n, first_value(_line) OVER w AS first_line
+                    FROM {mapped} WHERE _sid IS NOT NULL AND _sid <> ''
+                    WINDOW w AS (PARTITION BY _sid ORDER BY _line)
+                ) d WHERE d.n > 1
+                """,
+                self._params(spec.name),
+            )
+            cur.execute(
+                f"""
+                UPDATE {mapped} m SET _bad = true
+                FROM (SELECT DISTINCT line FROM integrations_recorderror
+                      WHERE run_id = %(run)s AND entity = %(entity)s AND line IS NOT NULL) e
+                WHERE m._line = e.line
+                """,
+                self._params(spec.name),
+            )
+            self.attach_raw(cur, raw, spec.name, read)
+            cur.execute(f"SELECT count(*) FROM {mapped}")
+            return cur.fetchone()[0]
+
+    def attach_raw(self, cur, raw: str, entity: str, read) -> None:
+        """Keep the source record with each error, so it can be retried and downloaded."""
+        cur.execute(
+            f"""
+            UPDATE integrations_recorderror e SET raw = to_jsonb(r) - '_line' - '_file'
+            FROM {raw} r
+            WHERE e.run_id = %(run)s AND e.entity = %(entity)s AND e.raw IS NULL
+              AND r._line = e.line
+            """,
+            self._params(entity),
+        )
+
+    def _type_check(self, spec: ent.EntitySpec, target: ent.Target, v: str) -> str:
+        name = target.name
+        shown = f"quote_literal({v})"
+        checks = []
+        if target.required and target.default_sql is None:
+            checks.append(f"WHEN {v} IS NULL OR {v} = '' THEN {lit(name + ' is required')}")
+        nonempty = f"{v} IS NOT NULL AND {v} <> ''"
+        if target.kind == "date":
+            checks.append(
+                f"WHEN {nonempty} AND NOT pg_input_is_valid({v}, 'date') THEN "
+                f"{shown} || {lit(' is not a date (YYYY-MM-DD)')}"
+            )
+        elif target.kind == "time":
+            checks.append(
+                f"WHEN {nonempty} AND NOT pg_input_is_valid({v}, 'time') THEN "
+                f"{shown} || {lit(' is not a time of day (HH:MM)')}"
+            )
+        elif target.kind == "int":
+            checks.append(
+                f"WHEN {nonempty} AND NOT pg_input_is_valid({v}, 'integer') THEN "
+                f"{shown} || {lit(' is not a whole number')}"
+            )
+        elif target.kind == "decimal":
+            checks.append(
+                f"WHEN {nonempty} AND NOT pg_input_is_valid({v}, 'numeric') THEN "
+                f"{shown} || {lit(' is not a number')}"
+            )
+        elif target.kind == "bool":
+            words = ", ".join(lit(w) for w in TRUE_WORDS + FALSE_WORDS)
+            checks.append(
+                f"WHEN {nonempty} AND lower({v}) NOT IN ({words}) THEN "
+                f"{shown} || {lit(' is not true or false')}"
+            )
+        elif target.kind == "code":
+            codes = ", ".join(lit(c) for c in target.codes)
+            checks.append(
+                f"WHEN {nonempty} AND {v} NOT IN ({codes}) THEN {shown} || "
+                f"{lit(f' is not a valid {name}; expected one of: ' + ', '.join(target.codes))}"
+            )
+        max_length = spec.max_length(target)
+        if max_length:
+            checks.append(
+                f"WHEN length({v}) > {max_length} THEN "
+                f"{lit(name + ' is longer than ' + str(max_length) + ' characters')}"
+            )
+        if not checks:
+            return "NULL"
+        return "CASE " + " ".join(checks) + " END"
+
+    def _params(self, entity: str) -> dict[str, Any]:
+        return {
+            "run": self.run.pk,
+            "definition": self.definition.pk,
+            "district": self.run.district_id,
+            "entity": entity,
+        }
+
+    def _error(self, entity: str, **kwargs) -> RecordError:
+        return RecordError(
+            run=self.run,
+            definition=self.definition,
+            district_id=self.run.district_id,
+            entity=entity,
+            **kwargs,
+        )
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# --- merging -------------------------------------------------------------------------------------
+
+
+@dataclass
+class EntityResult:
+    entity: str
+    read: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: int = 0
+    skipped: int = 0
+    existing: int = 0
+    samples: dict[str, list] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in ("read", "created", "updated", "unchanged", "deleted", "failed", "skipped")
+        } | {"existing": self.existing, "samples": self.samples}
+
+
+class Merger:
+    """Merges one run's staged entities into the hub, inside the caller's transaction."""
+
+    def __init__(self, run: SyncRun, *, actor, progress: Progress, log, approved: bool) -> None:
+        self.run = run
+        self.definition = run.definition
+        self.integration = self.definition.integration
+        self.source = self.integration.source_system
+        self.actor = actor
+        self.progress = progress
+        self.log = log
+        self.approved = approved
+        self.results: dict[str, EntityResult] = {}
+        self.hold_reasons: list[str] = []
+
+    def params(self, entity: str) -> dict[str, Any]:
+        return {
+            "run": self.run.pk,
+            "definition": self.definition.pk,
+            "district": self.run.district_id,
+            "entity": entity,
+            "source": self.source,
+        }
+
+    def merge(self, staged: list[Staged]) -> dict[str, EntityResult]:
+        for item in sorted(staged, key=lambda s: ent.ORDER[s.entity]):
+            self.progress.update(phase=f"Merging {item.entity}", force=True)
+            self.results[item.entity] = self._merge_entity(item)
+            self.progress.update(processed=self.run.processed + item.rows)
+        if self.hold_reasons and not self.approved:
+            raise Held(self.hold_reasons)
+        return self.results
+
+    # -- one entity
+
+    def _merge_entity(self, st: Staged) -> EntityResult:
+        spec = ent.spec(st.entity)
+        result = EntityResult(st.entity)
+        p = self.params(st.entity)
+        table = q(spec.table)
+        res = q(f"res_{st.entity}")
+        with connection.cursor() as cur:
+            self._apply_key_changes(cur, spec, st, result)
+            cur.execute(
+                "SELECT count(*) FILTER (WHERE NOT _bad), count(*) FILTER (WHERE _bad) "
+                f"FROM {st.table}"
+            )
+            good, bad = cur.fetchone()
+            result.read = good + bad
+            result.failed = bad
+            self._build_resolved(cur, spec, st, res, p)
+            result.failed += self._unresolved_refs(cur, spec, st, res, p)
+            if spec.natural_key:
+                self._adopt_natural(cur, spec, res, p)
+            if spec.person:
+                result.skipped += self._match_people(cur, spec, st, res, p)
+            if spec.effective_dated:
+                self._match_current(cur, spec, res, p)
+            self._classify(cur, spec, res, p)
+            removal_ids = self._removals(cur, spec, st, res, p)
+            cur.execute(f"SELECT _op, count(*) FROM {res} GROUP BY _op")
+            ops = dict(cur.fetchall())
+            result.unchanged = ops.get("unchanged", 0)
+            active = " AND is_active" if spec.removal == "deactivate" else ""
+            cur.execute(
+                f"SELECT count(*) FROM {table} WHERE district_id = %(district)s "
+                f"AND source_system = %(source)s AND source_id <> ''{active}",
+                p,
+            )
+            result.existing = cur.fetchone()[0]
+            self._check_thresholds(spec, result, ops.get("update", 0), len(removal_ids))
+            result.samples = self._samples(cur, spec, res, removal_ids)
+            if self.hold_reasons and not self.approved:
+                # Keep computing the other entities' previews; nothing is applied: the caller
+                # rolls the transaction back.
+                result.created = ops.get("insert", 0)
+                result.updated = ops.get("update", 0)
+                result.deleted = len(removal_ids) + ops.get("delete", 0)
+                return result
+            self._before_images(cur, spec, res, removal_ids)
+            result.updated, failed_u = self._apply_updates(cur, spec, res, p)
+            result.created, failed_i = self._apply_inserts(cur, spec, res, p)
+            self._link_self_references(cur, spec, res, p)
+            result.deleted, failed_d = self._apply_removals(cur, spec, res, removal_ids, p)
+            result.failed += failed_u + failed_i + failed_d
+            self._audit(spec, result)
+            self._emit(cur, spec, res, result)
+            cur.execute(f"DROP TABLE IF EXISTS {res}")
+        self.log(
+            f"{st.entity}: read {result.read}, created {result.created}, updated "
+            f"{result.updated}, unchanged {result.unchanged}, removed {result.deleted}, failed "
+            f"{result.failed}, skipped {result.skipped}"
+        )
+        return result
+
+    def _apply_key_changes(self, cur, spec, st: Staged, result: EntityResult) -> None:
+        if not st.key_changes:
+            return
+        table = q(spec.table)
+        for old, new in st.key_changes:
+            cur.execute(
+                f"INSERT INTO integrations_runchange (run_id, table_name, object_id, op, before) "
+                f"SELECT %s, %s, t.id, 'update', to_jsonb(t) FROM {table} t "
+                f"WHERE t.district_id = %s AND t.source_system = %s AND t.source_id = %s",
+                [self.run.pk, spec.table, self.run.district_id, self.source, old],
+            )
+            cur.execute(
+                f"UPDATE {table} SET source_id = %s, last_run_id = %s, updated_at = now() "
+                f"WHERE district_id = %s AND source_system = %s AND source_id = %s",
+                [new, self.run.pk, self.run.district_id, self.source, old],
+            )
+        self.log(f"{st.entity}: applied {len(st.key_changes)} key change(s)")
+
+    def _cast(self, target: ent.Target, v: str) -> str:
+        value = f"NULLIF({v}, '')"
+        if target.default_sql:
+            value = f"coalesce({value}, ({target.default_sql})::text)"
+        kind = target.kind
+        if kind == "date":
+            return f"({value})::date"
+        if kind == "time":
+            return f"({value})::time"
+        if kind == "int":
+            return f"({value})::integer"
+        if kind == "decimal":
+            return f"({value})::numeric"
+        if kind == "bool":
+            trues = ", ".join(lit(w) for w in TRUE_WORDS)
+            return f"(lower({value}) IN ({trues}))"
+        if kind == "ref":
+            return value
+        return f"coalesce({value}, '')"
+
+    def _build_resolved(self, cur, spec: ent.EntitySpec, st: Staged, res: str, p) -> None:
+        selects = ["m._line", "m._file", "m._sid", "m._deleted"]
+        joins = []
+        for i, target in enumerate(spec.targets):
+            v = f"m.{q('v_' + target.name)}" if target.name in st.targets else "NULL::text"
+            if target.kind == "ref":
+                ref_spec = ent.spec(target.ref)
+                alias = f"ref{i}"
+                raw_ref = f"NULLIF({v}, '')"
+                selects.append(f"{raw_ref} AS {q('ref_' + target.name)}")
+                if target.default_sql and target.name not in st.targets:
+                    selects.append(f"({target.default_sql}) AS {q(target.column)}")
+                    continue
+                default = f", ({target.default_sql})" if target.default_sql else ""
+                selects.append(f"coalesce({alias}.id{default}) AS {q(target.column)}")
+                joins.append(
+                    f"LEFT JOIN {q(ref_spec.table)} {alias} ON {alias}.district_id = %(district)s "
+                    f"AND {alias}.source_system = %(source)s AND {alias}.source_id = {raw_ref}"
+                )
+            else:
+                selects.append(f"{self._cast(target, v)} AS {q(target.column)}")
+        cur.execute(f"DROP TABLE IF EXISTS {res}")
+        cur.execute(
+            f"CREATE TEMP TABLE {res} ON COMMIT DROP AS SELECT {', '.join(selects)}, "
+            f"t.id AS _hub_id, false AS _adopt, NULL::text AS _op, "
+            f"row_number() OVER () AS _rid "
+            f"FROM {st.table} m {' '.join(joins)} "
+            f"LEFT JOIN {q(spec.table)} t ON t.district_id = %(district)s "
+            f"AND t.source_system = %(source)s AND t.source_id = m._sid "
+            f"AND %(effective)s = false "
+            f"WHERE NOT m._bad",
+            {**p, "effective": spec.effective_dated},
+        )
+        cur.execute(f"CREATE INDEX ON {res} (_rid)")
+        cur.execute(f"ANALYZE {res}")
+
+    def _unresolved_refs(self, cur, spec, st, res, p) -> int:
+        failed = 0
+        for target in spec.targets:
+            if target.kind != "ref":
+                continue
+            ref_col = q("ref_" + target.name)
+            col = q(target.column)
+            if target.default_sql and target.name not in st.targets:
+                reason = lit(
+                    f"{target.name}: no default found (the district has no current school year)"
+                )
+                condition = f"{col} IS NULL AND NOT _deleted"
+            else:
+                reason = (
+                    f"{lit(target.name + ' ')} || quote_literal({ref_col}) || "
+                    f"{lit(' is not known from this source (not synced, or it failed)')}"
+                )
+                condition = f"{ref_col} IS NOT NULL AND {col} IS NULL AND NOT _deleted"
+                if target.ref == spec.name:
+                    # A parent created by this same run is linked after the insert.
+                    condition += (
+                        f" AND {ref_col} NOT IN (SELECT _sid FROM {res} WHERE NOT _deleted)"
+                    )
+            failed += self._fail_rows(cur, spec.name, res, condition, target.name, reason, p)
+        return failed
+
+    def _fail_rows(self, cur, entity, res, condition, field_name, reason_sql, p) -> int:
+        cur.execute(
+            f"""
+            WITH gone AS (DELETE FROM {res} WHERE {condition} RETURNING _file, _line, _sid,
+                          {reason_sql} AS reason)
+            INSERT INTO integrations_recorderror
+                (run_id, definition_id, district_id, entity, file, line, field, reason,
+                 source_id, status, created_at)
+            SELECT %(run)s, %(definition)s, %(district)s, %(entity)s, _file, _line,
+                   {lit(field_name)}, reason, _sid, 'open', now()
+            FROM gone
+            """,
+            p,
+        )
+        return cur.rowcount
+
+    def _adopt_natural(self, cur, spec, res, p) -> None:
+        """A row the district made by hand (no source yet) with the same natural key is the
+        same thing: link it instead of failing on the unique constraint."""
+        cols = [q(spec.target(k).column) for k in spec.natural_key]
+        same = " AND ".join(f"t.{c} = r.{c}" for c in cols)
+        cur.execute(
+            f"UPDATE {res} r SET _hub_id = t.id, _adopt = true FROM {q(spec.table)} t "
+            f"WHERE r._hub_id IS NULL AND NOT r._deleted AND t.district_id = %(district)s "
+            f"AND {same} AND (t.source_system <> %(source)s OR t.source_id = '')",
+            p,
+        )
+        if cur.rowcount:
+            self.log(
+                f"{spec.name}: linked {cur.rowcount} existing row(s) by "
+                f"{', '.join(spec.natural_key)}"
+            )
+
+    def _match_people(self, cur, spec, st, res, p) -> int:
+        """Identity matching for people not yet linked to this source: adopt a sure match,
+        queue an ambiguous one for review, and leave the rest to be inserted."""
+        table = q(spec.table)
+        unbound = "(t.source_system <> %(source)s OR t.source_id = '')"
+        number = "student_number" if spec.name == "student" else "staff_number"
+        if spec.name == "student":
+            cur.execute(
+                f"UPDATE {res} r SET _hub_id = t.id, _adopt = true FROM {table} t "
+                f"WHERE r._hub_id IS NULL AND NOT r._deleted AND r.state_id <> '' "
+                f"AND t.district_id = %(district)s AND t.state_id = r.state_id AND {unbound}",
+                p,
+            )
+        same_person = (
+            "lower(t.first_name) = lower(r.first_name) AND lower(t.last_name) = lower(r.last_name)"
+        )
+        if spec.name == "student":
+            same_person += " AND t.birth_date = r.birth_date"
+        cur.execute(
+            f"UPDATE {res} r SET _hub_id = t.id, _adopt = true FROM {table} t "
+            f"WHERE r._hub_id IS NULL AND NOT r._deleted AND t.district_id = %(district)s "
+            f"AND t.{number} = r.{number} AND {same_person} AND {unbound}",
+            p,
+        )
+        if spec.name != "student":
+            return 0
+        # Same name and birth date, different identifiers: a person decides. A source record an
+        # admin already judged distinct is inserted.
+        cur.execute(
+            f"""
+            WITH candidates AS (
+                SELECT DISTINCT ON (r._rid) r._rid, r._sid, t.id AS candidate,
+                       jsonb_build_object('student_number', r.student_number, 'state_id',
+                         r.state_id, 'first_name', r.first_name, 'last_name', r.last_name,
+                         'birth_date', r.birth_date, 'grade_level', r.grade_level) AS incoming,
+                       'same name and birth date as student #' || t.id || ' (number '
+                         || t.student_number || '), different identifiers' AS reason
+                FROM {res} r JOIN {table} t ON t.district_id = %(district)s AND {same_person}
+                WHERE r._hub_id IS NULL AND NOT r._deleted
+                  AND NOT EXISTS (
+                    SELECT 1 FROM integrations_identityreview d
+                    WHERE d.integration_id = %(integration)s AND d.entity = 'student'
+                      AND d.source_id = r._sid AND d.status = 'distinct')
+                ORDER BY r._rid, t.id
+            ), queued AS (
+                INSERT INTO integrations_identityreview
+                    (district_id, integration_id, run_id, entity, source_id, incoming,
+                     candidate_id, reason, status, created_at)
+                SELECT %(district)s, %(integration)s, %(run)s, 'student', _sid, incoming,
+                       candidate, reason, 'open', now()
+                FROM candidates
+                ON CONFLICT (integration_id, entity, source_id) WHERE status = 'open'
+                DO NOTHING
+            )
+            DELETE FROM {res} r USING candidates c WHERE r._rid = c._rid
+            """,
+            {**p, "integration": self.integration.pk},
+        )
+        skipped = cur.rowcount
+        if skipped:
+            self.log(f"student: {skipped} possible duplicate(s) sent to identity review")
+        return skipped
+
+    def _match_current(self, cur, spec, res, p) -> None:
+        key = q(spec.target(spec.current_key).column)
+        cur.execute(
+            f"UPDATE {res} r SET _hub_id = t.id FROM {q(spec.table)} t "
+            f"WHERE t.{key} = r.{key} AND t.valid_to IS NULL AND t.district_id = %(district)s",
+            p,
+        )
+
+    def _compared_columns(self, spec) -> list[str]:
+        return [t.column for t in spec.targets]
+
+    def _classify(self, cur, spec, res, p) -> None:
+        cols = self._compared_columns(spec)
+        hub = ", ".join(f"t.{q(c)}" for c in cols)
+        new = ", ".join(f"r.{q(c)}" for c in cols)
+        cur.execute(
+            f"""
+            UPDATE {res} r SET _op = CASE
+                WHEN r._deleted AND r._hub_id IS NULL THEN 'gone'
+                WHEN r._deleted THEN 'delete'
+                WHEN r._hub_id IS NULL THEN 'insert'
+                WHEN r._adopt OR ({hub}) IS DISTINCT FROM ({new}) THEN 'update'
+                ELSE 'unchanged' END
+            FROM (SELECT r2._rid, t.* FROM {res} r2
+                  LEFT JOIN {q(spec.table)} t ON t.id = r2._hub_id) t
+            WHERE t._rid = r._rid
+            """,
+            p,
+        )
+
+    def _removals(self, cur, spec, st: Staged, res, p) -> list[int]:
+        """Rows of this source that a complete read no longer has (plus explicit deletes)."""
+        if not st.complete or spec.effective_dated:
+            cur.execute(f"SELECT _hub_id FROM {res} WHERE _op = 'delete'")
+            return [r[0] for r in cur.fetchall()]
+        active = " AND t.is_active" if spec.removal == "deactivate" else ""
+        cur.execute(
+            f"""
+            SELECT t.id FROM {q(spec.table)} t
+            WHERE t.district_id = %(district)s AND t.source_system = %(source)s
+              AND t.source_id <> ''{active}
+              AND NOT EXISTS (SELECT 1 FROM {st.table} m
+                              WHERE m._sid = t.source_id AND NOT m._deleted)
+            """,
+            p,
+        )
+        return [r[0] for r in cur.fetchall()]
+
+    def _check_thresholds(self, spec, result: EntityResult, updates: int, removals: int) -> None:
+        d = self.definition
+        existing = result.existing
+        if existing < max(d.hold_min_rows, 1):
+            return
+        removal_pct = removals * 100 / existing
+        if removal_pct > d.hold_removal_pct:
+            self.hold_reasons.append(
+                f"{spec.label}: would remove {removals} of {existing} rows "
+                f"({removal_pct:.0f}%, threshold {d.hold_removal_pct}%)"
+            )
+        change_pct = (updates + removals) * 100 / existing
+        if d.hold_change_pct < 100 and change_pct > d.hold_change_pct:
+            self.hold_reasons.append(
+                f"{spec.label}: would change {updates + removals} of {existing} rows "
+                f"({change_pct:.0f}%, threshold {d.hold_change_pct}%)"
+            )
+
+    def _samples(self, cur, spec, res, removal_ids: list[int], limit: int = 25) -> dict:
+        """A few rows per kind of change, for the run's diff and a held run's preview."""
+        cols = self._compared_columns(spec)
+        out: dict[str, list] = {}
+        for op in ("insert", "update"):
+            cur.execute(
+                f"SELECT r._sid, r._hub_id, {', '.join(f'r.{q(c)}' for c in cols)} FROM {res} r "
+                f"WHERE r._op = %s ORDER BY r._rid LIMIT {limit}",
+                [op],
+            )
+            rows = cur.fetchall()
+            if not rows:
+                continue
+            samples = []
+            for row in rows:
+                after = {c: _jsonable(v) for c, v in zip(cols, row[2:], strict=True)}
+                item = {"source_id": row[0], "after": after}
+                if op == "update" and row[1]:
+                    cur.execute(
+                        f"SELECT {', '.join(q(c) for c in cols)} FROM {q(spec.table)} "
+                        "WHERE id = %s",
+                        [row[1]],
+                    )
+                    before_row = cur.fetchone()
+                    before = {c: _jsonable(v) for c, v in zip(cols, before_row, strict=True)}
+                    item = {
+                        "source_id": row[0],
+                        "id": row[1],
+                        "changes": {
+                            c: [before[c], after[c]] for c in cols if before[c] != after[c]
+                        },
+                    }
+                samples.append(item)
+            out[op] = samples
+        if removal_ids:
+            cur.execute(
+                f"SELECT id, source_id FROM {q(spec.table)} WHERE id = ANY(%s) "
+                f"ORDER BY id LIMIT {limit}",
+                [removal_ids],
+            )
+            out["remove"] = [{"id": i, "source_id": s} for i, s in cur.fetchall()]
+        return out
+
+    # -- applying
+
+    def _before_images(self, cur, spec, res, removal_ids: list[int]) -> None:
+        cur.execute(
+            f"""
+            INSERT INTO integrations_runchange (run_id, table_name, object_id, op, before)
+            SELECT %s, %s, t.id, 'update', to_jsonb(t)
+            FROM {q(spec.table)} t JOIN {res} r ON r._hub_id = t.id AND r._op = 'update'
+            """,
+            [self.run.pk, spec.table],
+        )
+        if removal_ids:
+            op = "update" if spec.removal == "deactivate" else "delete"
+            cur.execute(
+                f"INSERT INTO integrations_runchange (run_id, table_name, object_id, op, before) "
+                f"SELECT %s, %s, t.id, %s, to_jsonb(t) FROM {q(spec.table)} t WHERE t.id = ANY(%s)",
+                [self.run.pk, spec.table, op, removal_ids],
+            )
+
+    def _set_columns(self, spec) -> list[str]:
+        return self._compared_columns(spec)
+
+    def _apply_updates(self, cur, spec, res, p) -> tuple[int, int]:
+        table = q(spec.table)
+        cols = self._set_columns(spec)
+        if spec.effective_dated:
+            # Close the current row and open a new one from today; a row opened today is
+            # corrected in place.
+            cur.execute(
+                f"UPDATE {table} t SET valid_to = CURRENT_DATE, updated_at = now(), "
+                f"last_run_id = %(run)s FROM {res} r "
+                f"WHERE r._op = 'update' AND t.id = r._hub_id AND t.valid_from < CURRENT_DATE",
+                p,
+            )
+            closed = cur.rowcount
+            cur.execute(
+                f"UPDATE {res} r SET _op = 'insert', _hub_id = NULL FROM {table} t "
+                f"WHERE r._op = 'update' AND t.id = r._hub_id AND t.valid_to IS NOT NULL"
+            )
+            if closed:
+                self.log(f"{spec.name}: closed {closed} row(s) as of today; new rows follow")
+        assignments = ", ".join(f"{q(c)} = r.{q(c)}" for c in cols)
+        statement = (
+            f"UPDATE {table} t SET {assignments}, source_system = %(source)s, "
+            f"source_id = r._sid, last_run_id = %(run)s, updated_at = now() "
+            f"FROM {res} r WHERE r._op = 'update' AND t.id = r._hub_id"
+        )
+        return self._bisected(cur, spec, res, statement, "update", p)
+
+    def _insert_defaults(self, spec) -> dict[str, str]:
+        """SQL for the model's other columns: Django defaults are not database defaults."""
+        covered = {t.column for t in spec.targets} | {
+            "id",
+            "district_id",
+            "created_at",
+            "updated_at",
+            "change_version",
+            "source_system",
+            "source_id",
+            "last_run_id",
+        }
+        out = {}
+        for f in spec.model._meta.concrete_fields:
+            if f.column in covered:
+                continue
+            if f.has_default():
+                value = f.get_default()
+                out[f.column] = lit(f.get_db_prep_value(value, connection))
+            elif f.null:
+                out[f.column] = "NULL"
+            elif f.column == "valid_from":
+                out[f.column] = "CURRENT_DATE"
+            else:
+                out[f.column] = "''"
+        return out
+
+    def _apply_inserts(self, cur, spec, res, p) -> tuple[int, int]:
+        cols = self._set_columns(spec)
+        defaults = self._insert_defaults(spec)
+        names = [*cols, *defaults]
+        values = [f"r.{q(c)}" for c in cols] + list(defaults.values())
+        statement = (
+            f"INSERT INTO {q(spec.table)} (district_id, source_system, source_id, last_run_id, "
+            f"created_at, updated_at, change_version, {', '.join(q(n) for n in names)}) "
+            f"SELECT %(district)s, %(source)s, r._sid, %(run)s, now(), now(), 0, "
+            f"{', '.join(values)} FROM {res} r WHERE r._op = 'insert'"
+        )
+        return self._bisected(cur, spec, res, statement, "insert", p)
+
+    def _link_self_references(self, cur, spec, res, p) -> None:
+        for target in spec.targets:
+            if target.kind != "ref" or target.ref != spec.name:
+                continue
+            col, ref_col = q(target.column), q("ref_" + target.name)
+            cur.execute(
+                f"UPDATE {q(spec.table)} t SET {col} = parent.id FROM {res} r "
+                f"JOIN {q(spec.table)} parent ON parent.district_id = %(district)s "
+                f"AND parent.source_system = %(source)s AND parent.source_id = r.{ref_col} "
+                f"WHERE r.{col} IS NULL AND r.{ref_col} IS NOT NULL "
+                "AND r._op IN ('insert', 'update') "
+                f"AND t.district_id = %(district)s AND t.source_system = %(source)s "
+                f"AND t.source_id = r._sid AND t.{col} IS DISTINCT FROM parent.id",
+                p,
+            )
+
+    def _apply_removals(self, cur, spec, res, removal_ids: list[int], p) -> tuple[int, int]:
+        if not removal_ids:
+            return 0, 0
+        table = q(spec.table)
+        if spec.removal == "deactivate":
+            cur.execute(
+                f"UPDATE {table} SET is_active = false, last_run_id = %s, updated_at = now() "
+                f"WHERE id = ANY(%s)",
+                [self.run.pk, removal_ids],
+            )
+            return cur.rowcount, 0
+        done, failed = 0, 0
+        for chunk in _halves(removal_ids):
+            n, f = self._delete_chunk(cur, spec, chunk, p)
+            done += n
+            failed += f
+        return done, failed
+
+    def _delete_chunk(self, cur, spec, ids: list[int], p) -> tuple[int, int]:
+        try:
+            with transaction.atomic():
+                cur.execute(f"DELETE FROM {q(spec.table)} WHERE id = ANY(%s)", [ids])
+                return cur.rowcount, 0
+        except DatabaseError as exc:
+            if len(ids) == 1:
+                cur.execute(f"SELECT source_id FROM {q(spec.table)} WHERE id = %s", [ids[0]])
+                row = cur.fetchone()
+                RecordError.objects.create(
+                    run=self.run,
+                    definition=self.definition,
+                    district_id=self.run.district_id,
+                    entity=spec.name,
+                    file="",
+                    line=None,
+                    field="",
+                    reason=f"cannot remove {spec.model._meta.verbose_name} #{ids[0]}: "
+                    f"{_constraint_message(spec, exc)}",
+                    source_id=row[0] if row else "",
+                )
+                cur.execute(
+                    "DELETE FROM integrations_runchange WHERE run_id = %s AND table_name = %s "
+                    "AND object_id = %s",
+                    [self.run.pk, spec.table, ids[0]],
+                )
+                return 0, 1
+            mid = len(ids) // 2
+            a = self._delete_chunk(cur, spec, ids[:mid], p)
+            b = self._delete_chunk(cur, spec, ids[mid:], p)
+            return a[0] + b[0], a[1] + b[1]
+
+    def _bisected(self, cur, spec, res, statement: str, op: str, p) -> tuple[int, int]:
+        """Run a set-wise statement; if the database rejects a row, find it by halving the
+        set under savepoints, record it as an error, and apply the rest."""
+        cur.execute(f"SELECT min(_rid), max(_rid), count(*) FROM {res} WHERE _op = %s", [op])
+        low, high, count = cur.fetchone()
+        if not count:
+            return 0, 0
+        return self._bisect(cur, spec, res, statement, op, low, high, p)
+
+    def _bisect(self, cur, spec, res, statement, op, low, high, p) -> tuple[int, int]:
+        ranged = statement + f" AND r._rid BETWEEN {int(low)} AND {int(high)}"
+        try:
+            with transaction.atomic():
+                cur.execute(ranged, p)
+                return cur.rowcount, 0
+        except DatabaseError as exc:
+            if low == high:
+                cur.execute(f"SELECT _file, _line, _sid FROM {res} WHERE _rid = %s", [low])
+                row = cur.fetchone()
+                if row is None:
+                    return 0, 0
+                RecordError.objects.create(
+                    run=self.run,
+                    definition=self.definition,
+                    district_id=self.run.district_id,
+                    entity=spec.name,
+                    file=row[0] or "",
+                    line=row[1],
+                    field=_constraint_field(spec, exc),
+                    reason=_constraint_message(spec, exc),
+                    source_id=row[2] or "",
+                )
+                if op == "update":
+                    cur.execute(
+                        "DELETE FROM integrations_runchange WHERE run_id = %s AND table_name = %s"
+                        " AND object_id = (SELECT _hub_id FROM " + res + " WHERE _rid = %s)",
+                        [self.run.pk, spec.table, low],
+                    )
+                cur.execute(f"UPDATE {res} SET _op = 'failed' WHERE _rid = %s", [low])
+                return 0, 1
+            cur.execute(
+                f"SELECT count(*) FROM {res} WHERE _op = %s AND _rid BETWEEN %s AND %s",
+                [op, low, high],
+            )
+            if cur.fetchone()[0] == 0:
+                return 0, 0
+            mid = (low + high) // 2
+            a = self._bisect(cur, spec, res, statement, op, low, mid, p)
+            b = self._bisect(cur, spec, res, statement, op, mid + 1, high, p)
+            return a[0] + b[0], a[1] + b[1]
+
+    def _audit(self, spec, result: EntityResult) -> None:
+        note = f"sync run #{self.run.pk} ({self.definition})"
+        for action, count in (
+            (LogEntry.Action.CREATE, result.created),
+            (LogEntry.Action.UPDATE, result.updated),
+            (
+                LogEntry.Action.UPDATE if spec.removal == "deactivate" else LogEntry.Action.DELETE,
+                result.deleted,
+            ),
+        ):
+            if count:
+                audit_bulk(
+                    model=spec.model,
+                    action=action,
+                    object_ids=[],
+                    count=count,
+                    actor=self.actor,
+                    note=note,
+                )
+
+    def _emit(self, cur, spec, res, result: EntityResult) -> None:
+        """Per-row domain events for modest changes; large loads announce only the run."""
+        prefix = getattr(spec.model, "event_prefix", None)
+        if not prefix:
+            return
+        if result.created + result.updated + result.deleted > ROW_EVENTS_MAX:
+            self.log(
+                f"{spec.name}: {result.created + result.updated + result.deleted} changes; "
+                "announced by the run's event only"
+            )
+            return
+        cur.execute(
+            f"SELECT t.id, t.change_version, "
+            f"CASE WHEN c.op IS NULL THEN 'created' ELSE 'updated' END "
+            f"FROM {q(spec.table)} t LEFT JOIN integrations_runchange c ON c.run_id = %s "
+            f"AND c.table_name = %s AND c.object_id = t.id "
+            f"WHERE t.last_run_id = %s AND t.district_id = %s",
+            [self.run.pk, spec.table, self.run.pk, self.run.district_id],
+        )
+        for pk, version, verb in cur.fetchall():
+            obj = spec.model(pk=pk, district_id=self.run.district_id, change_version=version)
+            events.emit(f"{prefix}.{verb}", obj)
+        cur.execute(
+            "SELECT object_id, before FROM integrations_runchange WHERE run_id = %s "
+            "AND table_name = %s AND op = 'delete'",
+            [self.run.pk, spec.table],
+        )
+        for pk, _before in cur.fetchall():
+            obj = spec.model(pk=pk, district_id=self.run.district_id)
+            events.emit(f"{prefix}.deleted", obj)
+
+
+def _halves(ids: list[int], size: int = 50000) -> Iterator[list[int]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _constraint_field(spec, exc: Exception) -> str:
+    name = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
+    for c in spec.model._meta.constraints:
+        if c.name == name:
+            fields = getattr(c, "fields", None) or ()
+            return fields[-1] if fields else getattr(c, "violation_error_code", "") or ""
+    column = getattr(getattr(exc.__cause__, "diag", None), "column_name", None)
+    return column or ""
+
+
+def _constraint_message(spec, exc: Exception) -> str:
+    diag = getattr(exc.__cause__, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    for c in spec.model._meta.constraints:
+        if c.name == name and getattr(c, "violation_error_message", None):
+            return str(c.violation_error_message)
+    primary = getattr(diag, "message_primary", None) or _first_line(exc)
+    return f"the database refused the row: {primary}"
+
+
+def drop_staging(run: SyncRun) -> None:
+    """Drop a run's staging tables (after it merged, or was discarded)."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = %s "
+            "AND tablename LIKE %s",
+            [SCHEMA, f"r{run.pk}\\_%"],
+        )
+        for (name,) in cur.fetchall():
+            cur.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{name}")
+
+
+def errors_superseded(run: SyncRun) -> None:
+    """Open errors of earlier runs of this definition were retried by this run: a record that
+    failed again has a new open error from this run."""
+    RecordError.objects.filter(definition_id=run.definition_id, status=ErrorStatus.OPEN).exclude(
+        run=run
+    ).filter(raw__isnull=False).update(status=ErrorStatus.RETRIED)
+
+
+def forget_older_images(run: SyncRun) -> None:
+    """Before-images are kept until the next run of the same definition succeeds."""
+    RunChange.objects.filter(run__definition_id=run.definition_id).exclude(run=run).delete()
+
+
+def open_reviews(integration_id: int) -> int:
+    return IdentityReview.objects.filter(
+        integration_id=integration_id, status=ReviewStatus.OPEN
+    ).count()
+
+
+def acting(actor):
+    return acting_as(actor)
+
+
+__all__ = [
+    "ChangeOp",
+    "Held",
+    "Merger",
+    "Progress",
+    "RunStatus",
+    "Staged",
+    "Stager",
+    "ValidationError",
+    "drop_staging",
+    "errors_superseded",
+    "forget_older_images",
+    "io",
+    "settings",
+    "timezone",
+]

@@ -1,0 +1,937 @@
+"""Writes of the integration engine: integrations, mappings, definitions, runs and reviews.
+
+Every function takes the acting user (or the system actor) and records it in the audit log;
+the admin, the tasks and the inbound endpoint only call these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets as pysecrets
+import time
+import traceback
+from typing import Any
+
+from auditlog.models import LogEntry
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from bxos.common import events
+from bxos.common.audit import acting_as, audit_bulk
+from bxos.common.services import model_create, model_save, write_as
+from integrations import entities as ent
+from integrations import pipeline, transforms
+from integrations.choices import (
+    CircuitState,
+    ErrorStatus,
+    ReviewStatus,
+    RunStatus,
+    RunTrigger,
+    ScheduleKind,
+    SyncMode,
+)
+from integrations.connectors import registry
+from integrations.connectors.base import Connector, ConnectorError
+from integrations.models import (
+    Crosswalk,
+    IdentityReview,
+    Integration,
+    Mapping,
+    MappingVersion,
+    RecordError,
+    RunChange,
+    SyncDefinition,
+    SyncRun,
+)
+
+RUN_TASK = "integrations.run_sync"
+SCHEDULE_TASK = "integrations.scheduled_sync"
+
+
+def _conf(name: str):
+    return settings.INTEGRATIONS[name]
+
+
+# --- integrations -------------------------------------------------------------------------------
+
+
+def _split_params(connector_cls: type[Connector], values: dict[str, Any]) -> tuple[dict, dict]:
+    """Check values against the type's declared parameters; return (plain, secret)."""
+    errors: dict[str, str] = {}
+    declared = {p.name: p for p in connector_cls.params}
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        errors["params"] = f"unknown parameter(s) for {connector_cls.label}: {', '.join(unknown)}"
+    plain, secret = {}, {}
+    for name, param in declared.items():
+        value = values.get(name)
+        if value in (None, ""):
+            value = param.default
+        if param.required and value in (None, ""):
+            errors[name] = f"{param.label} is required"
+            continue
+        if value in (None, ""):
+            continue
+        if param.kind == "int":
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                errors[name] = f"{param.label} must be a whole number, not {value!r}"
+                continue
+        if param.kind == "url":
+            from bxos.common.outbound import validate_outbound_url
+
+            try:
+                validate_outbound_url(str(value), resolve=False)
+            except ValidationError as exc:
+                errors[name] = f"{param.label}: {'; '.join(exc.messages)}"
+                continue
+        if param.kind == "choice" and param.choices and value not in dict(param.choices):
+            errors[name] = f"{param.label} must be one of {', '.join(dict(param.choices))}"
+            continue
+        (secret if param.kind == "secret" else plain)[name] = value
+    if errors:
+        raise ValidationError(errors)
+    return plain, secret
+
+
+def integration_create(
+    *,
+    district,
+    name: str,
+    connector_type: str,
+    source_system: str,
+    params: dict[str, Any],
+    actor,
+) -> Integration:
+    try:
+        connector_cls = registry.get(connector_type)
+    except LookupError as exc:
+        raise ValidationError({"connector_type": str(exc)}) from exc
+    plain, secret = _split_params(connector_cls, params)
+    with write_as(actor):
+        integration = model_create(
+            model=Integration,
+            actor=actor,
+            data={
+                "district": district,
+                "name": name,
+                "connector_type": connector_type,
+                "source_system": source_system,
+                "params": plain,
+                "secrets": json.dumps(secret) if secret else "",
+            },
+            emit=False,
+        )
+        ensure_default_mappings(integration=integration, actor=actor)
+    return integration
+
+
+def integration_update(
+    *, integration: Integration, actor, data: dict[str, Any], params: dict[str, Any]
+) -> Integration:
+    """Change an integration. A secret left empty keeps its stored value."""
+    connector_cls = registry.get(integration.connector_type)
+    stored = integration_secrets(integration)
+    merged = {**stored, **{k: v for k, v in params.items() if v not in (None, "")}}
+    merged.update({k: v for k, v in params.items() if k not in stored})
+    plain, secret = _split_params(connector_cls, merged)
+    for name, value in data.items():
+        setattr(integration, name, value)
+    integration.params = plain
+    integration.secrets = json.dumps(secret) if secret else ""
+    return model_save(instance=integration, actor=actor, emit=False)
+
+
+def integration_secrets(integration: Integration) -> dict[str, Any]:
+    return json.loads(integration.secrets) if integration.secrets else {}
+
+
+def _state(integration: Integration) -> dict[str, Any]:
+    return json.loads(integration.state) if integration.state else {}
+
+
+def connector_for(integration: Integration, *, log=None, progress=None) -> Connector:
+    connector_cls = registry.get(integration.connector_type)
+    params = {**integration.params, **integration_secrets(integration)}
+    return connector_cls(params=params, state=_state(integration), log=log, progress=progress)
+
+
+def _save_state(integration: Integration, connector: Connector) -> None:
+    # The connector's memory (a cached token) is not an edit worth an audit entry.
+    # update() encrypts through the field, like save().
+    Integration.objects.filter(pk=integration.pk).update(state=json.dumps(connector.state))
+
+
+def integration_test(*, integration: Integration, actor) -> tuple[bool, str]:
+    """Press "Test connection": returns (ok, message) and records it on the integration."""
+    connector = connector_for(integration)
+    try:
+        message, ok = connector.test(), True
+    except ConnectorError as exc:
+        message, ok = str(exc), False
+    except Exception as exc:  # a bug in a connector must still answer the admin
+        message, ok = f"unexpected error: {type(exc).__name__}: {exc}", False
+    finally:
+        connector.close()
+    _save_state(integration, connector)
+    integration.last_test_at = timezone.now()
+    integration.last_test_message = ("OK: " if ok else "Failed: ") + message
+    model_save(
+        instance=integration,
+        actor=actor,
+        fields=["last_test_at", "last_test_message"],
+        emit=False,
+    )
+    return ok, message
+
+
+# --- mappings -----------------------------------------------------------------------------------
+
+
+def crosswalks_of(district_id: int) -> dict[str, dict[str, str]]:
+    return {c.name: c.values for c in Crosswalk.objects.filter(district_id=district_id)}
+
+
+def mapping_validate(*, integration: Integration, entity: str, rules: list[dict]) -> None:
+    spec = ent.spec(entity)
+    try:
+        transforms.validate_rules(
+            rules,
+            targets={t.name for t in spec.targets},
+            crosswalk_names=set(crosswalks_of(integration.district_id)),
+        )
+    except transforms.MappingError as exc:
+        raise ValidationError({"rules": exc.problems}) from exc
+    missing = [
+        t.name
+        for t in spec.targets
+        if t.required and not t.default_sql and t.name not in {r.get("target") for r in rules}
+    ]
+    if missing:
+        raise ValidationError(
+            {
+                "rules": [
+                    f"the {entity} mapping must fill the required field(s) {', '.join(missing)}"
+                ]
+            }
+        )
+
+
+def mapping_save(
+    *, integration: Integration, entity: str, rules: list[dict], actor, note: str = ""
+) -> MappingVersion:
+    """Save rules as the entity's next mapping version (versions are never edited)."""
+    if entity not in registry.get(integration.connector_type).entities:
+        raise ValidationError({"entity": f"{integration.connector_type} does not read {entity}"})
+    mapping_validate(integration=integration, entity=entity, rules=rules)
+    with write_as(actor):
+        mapping, _ = Mapping.objects.select_for_update().get_or_create(
+            integration=integration, entity=entity
+        )
+        if mapping.current and mapping.current.rules == rules:
+            return mapping.current
+        number = (
+            mapping.versions.order_by("-number").values_list("number", flat=True).first() or 0
+        ) + 1
+        version = model_create(
+            model=MappingVersion,
+            actor=actor,
+            data={
+                "mapping": mapping,
+                "number": number,
+                "rules": rules,
+                "note": note,
+                "created_by": actor if getattr(actor, "pk", None) else None,
+            },
+            emit=False,
+        )
+        mapping.current = version
+        model_save(instance=mapping, actor=actor, fields=["current"], emit=False)
+    return version
+
+
+def mapping_restore(*, version: MappingVersion, actor) -> MappingVersion:
+    """Make an earlier version current again (as a new version, so history stays linear)."""
+    mapping = version.mapping
+    return mapping_save(
+        integration=mapping.integration,
+        entity=mapping.entity,
+        rules=version.rules,
+        actor=actor,
+        note=f"restored from v{version.number}",
+    )
+
+
+def ensure_default_mappings(*, integration: Integration, actor) -> None:
+    connector_cls = registry.get(integration.connector_type)
+    for entity, rules in connector_cls.default_mappings.items():
+        if (
+            entity in ent.BY_NAME
+            and not Mapping.objects.filter(
+                integration=integration, entity=entity, current__isnull=False
+            ).exists()
+        ):
+            mapping_save(
+                integration=integration,
+                entity=entity,
+                rules=rules,
+                actor=actor,
+                note="connector default",
+            )
+
+
+def current_rules(integration: Integration, entity: str) -> tuple[list[dict], int | None]:
+    mapping = (
+        Mapping.objects.filter(integration=integration, entity=entity)
+        .select_related("current")
+        .first()
+    )
+    if mapping and mapping.current:
+        return mapping.current.rules, mapping.current.pk
+    rules = registry.get(integration.connector_type).default_mappings.get(entity)
+    if rules is None:
+        raise ValidationError({"entities": f"no mapping for {entity}"})
+    return rules, None
+
+
+def mapping_preview(
+    *, integration: Integration, entity: str, rules: list[dict], rows: list[dict]
+) -> list[dict]:
+    mapping_validate(integration=integration, entity=entity, rules=rules)
+    return transforms.preview(rules, rows, crosswalks=crosswalks_of(integration.district_id))
+
+
+# --- sync definitions and their schedules -------------------------------------------------------
+
+
+def definition_save(*, definition: SyncDefinition, actor) -> SyncDefinition:
+    """Save a definition and make its beat schedule match (create, change or remove it)."""
+    connector_cls = registry.get(definition.integration.connector_type)
+    unknown = [e for e in definition.entities if e not in connector_cls.entities]
+    if unknown:
+        raise ValidationError(
+            {"entities": f"{connector_cls.label} cannot read: {', '.join(unknown)}"}
+        )
+    if not definition.entities:
+        raise ValidationError({"entities": "Choose at least one entity."})
+    if definition.mode == SyncMode.INCREMENTAL and connector_cls.cursor_kind is None:
+        raise ValidationError(
+            {"mode": f"{connector_cls.label} has no change tracking; use full or delta"}
+        )
+    if definition.direction == "bidirectional" and not connector_cls.writes:
+        raise ValidationError({"direction": f"{connector_cls.label} cannot write back"})
+    if definition.schedule_kind == ScheduleKind.CRONTAB:
+        _check_crontab(definition.crontab)
+    definition.entities = ent.in_merge_order(definition.entities)
+    with write_as(actor):
+        if definition.schedule_kind == ScheduleKind.EVENT and not definition.inbound_secret:
+            definition.inbound_secret = "whsec_" + pysecrets.token_urlsafe(32)
+        model_save(instance=definition, actor=actor, emit=False)
+        _sync_schedule(definition)
+    return definition
+
+
+def _check_crontab(expression: str) -> None:
+    parts = expression.split()
+    if len(parts) != 5:
+        raise ValidationError(
+            {
+                "crontab": f"a crontab has five fields (minute hour day month weekday); "
+                f"{expression!r} has {len(parts)}"
+            }
+        )
+    from celery.schedules import crontab
+
+    try:
+        crontab(*parts)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError({"crontab": f"{expression!r}: {exc}"}) from exc
+
+
+def _sync_schedule(definition: SyncDefinition) -> None:
+    from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+    kind = definition.schedule_kind
+    task = definition.periodic_task
+    if kind not in (ScheduleKind.INTERVAL, ScheduleKind.CRONTAB) or not definition.is_active:
+        if task is not None:
+            definition.periodic_task = None
+            SyncDefinition.objects.filter(pk=definition.pk).update(periodic_task=None)
+            task.delete()
+        return
+    if task is None:
+        task = PeriodicTask(name=f"Sync: {definition.name} (#{definition.pk})", task=SCHEDULE_TASK)
+    task.args = json.dumps([definition.pk])
+    task.enabled = True
+    if kind == ScheduleKind.INTERVAL:
+        task.interval, _ = IntervalSchedule.objects.get_or_create(
+            every=definition.interval_minutes, period=IntervalSchedule.MINUTES
+        )
+        task.crontab = None
+    else:
+        minute, hour, day, month, weekday = definition.crontab.split()
+        task.crontab, _ = CrontabSchedule.objects.get_or_create(
+            minute=minute,
+            hour=hour,
+            day_of_month=day,
+            month_of_year=month,
+            day_of_week=weekday,
+            timezone=_district_zone(definition),
+        )
+        task.interval = None
+    task.save()
+    if definition.periodic_task_id != task.pk:
+        definition.periodic_task = task
+        SyncDefinition.objects.filter(pk=definition.pk).update(periodic_task=task)
+
+
+def _district_zone(definition: SyncDefinition) -> str:
+    return definition.integration.district.time_zone or "UTC"
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def run_start(
+    *,
+    definition: SyncDefinition,
+    actor,
+    trigger: str = RunTrigger.MANUAL,
+    upload=None,
+    mode: str | None = None,
+) -> SyncRun:
+    """Queue a run; a worker executes it after this transaction commits."""
+    if not definition.is_active:
+        raise ValidationError("This sync definition is switched off.")
+    busy = definition.runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).first()
+    if busy and trigger != RunTrigger.RETRY:
+        raise ValidationError(f"Run #{busy.pk} of this definition is still {busy.status}.")
+    with write_as(actor):
+        run = SyncRun(
+            definition=definition,
+            district_id=definition.integration.district_id,
+            trigger=trigger,
+            mode=mode or definition.mode,
+            requested_by=actor
+            if getattr(actor, "pk", None) and not actor.is_system_actor
+            else None,
+            cursor_before=definition.cursor,
+        )
+        if upload is not None:
+            run.upload.save(upload.name, upload, save=False)
+        run.save()
+        transaction.on_commit(lambda: _enqueue(run.pk))
+    return run
+
+
+def _enqueue(run_id: int) -> None:
+    from integrations.tasks import run_sync
+
+    run_sync.delay(run_id)
+
+
+class _Log:
+    def __init__(self, run: SyncRun) -> None:
+        self.run = run
+        self.lines: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        stamp = timezone.now().strftime("%H:%M:%S")
+        self.lines.append(f"{stamp} {message}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _circuit_allows(integration: Integration) -> str | None:
+    """None when a run may go ahead; otherwise why not."""
+    if integration.circuit_state != CircuitState.OPEN:
+        return None
+    cooldown = _conf("CIRCUIT_COOLDOWN_SECONDS")
+    opened = integration.circuit_opened_at or timezone.now()
+    if (timezone.now() - opened).total_seconds() >= cooldown:
+        Integration.objects.filter(pk=integration.pk).update(circuit_state=CircuitState.HALF_OPEN)
+        integration.circuit_state = CircuitState.HALF_OPEN
+        return None
+    retry_at = opened + timezone.timedelta(seconds=cooldown)
+    return (
+        f"circuit open after {integration.consecutive_failures} consecutive failures; "
+        f"the next trial run is allowed after {retry_at:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def _record_health(integration: Integration, *, ok: bool, error: str = "", counts: bool) -> None:
+    now = timezone.now()
+    if ok:
+        Integration.objects.filter(pk=integration.pk).update(
+            consecutive_failures=0,
+            circuit_state=CircuitState.CLOSED,
+            circuit_opened_at=None,
+            last_success_at=now,
+        )
+        return
+    if not counts:
+        Integration.objects.filter(pk=integration.pk).update(
+            last_failure_at=now, last_error=error[:2000]
+        )
+        return
+    failures = integration.consecutive_failures + 1
+    state = integration.circuit_state
+    opened = integration.circuit_opened_at
+    if failures >= _conf("CIRCUIT_FAILURES") or state == CircuitState.HALF_OPEN:
+        state, opened = CircuitState.OPEN, now
+    Integration.objects.filter(pk=integration.pk).update(
+        consecutive_failures=failures,
+        circuit_state=state,
+        circuit_opened_at=opened,
+        last_failure_at=now,
+        last_error=error[:2000],
+    )
+
+
+def run_execute(*, run: SyncRun, actor=None) -> SyncRun:
+    """Run a queued sync: read, stage, merge (or hold). Called by the worker."""
+    from bxos.common.audit import system_actor
+
+    actor = actor or system_actor()
+    run = SyncRun.objects.select_related("definition__integration").get(pk=run.pk)
+    if run.status != RunStatus.QUEUED:
+        return run
+    definition = run.definition
+    integration = definition.integration
+    log = _Log(run)
+    refused = _circuit_allows(integration)
+    SyncRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, started_at=timezone.now())
+    run.status, run.started_at = RunStatus.RUNNING, timezone.now()
+    if refused:
+        return _finish_failed(run, log, refused, counts=False)
+    progress = pipeline.Progress(run)
+    connector = connector_for(
+        integration, log=log, progress=lambda n: progress.update(processed=run.processed + n)
+    )
+    stager = pipeline.Stager(run, progress=progress, log=log)
+    try:
+        with acting_as(actor):
+            staged = _read_and_stage(run, connector, stager, progress, log)
+            _save_state(integration, connector)
+            return _merge(
+                run, staged, actor=actor, progress=progress, log=log, warnings=stager.warnings
+            )
+    except ConnectorError as exc:
+        _save_state(integration, connector)
+        counts = exc.kind in ("credentials", "unavailable")
+        return _finish_failed(run, log, str(exc), counts=counts, warnings=stager.warnings)
+    except ValidationError as exc:
+        return _finish_failed(run, log, "; ".join(exc.messages), counts=False)
+    except Exception as exc:
+        log(traceback.format_exc(limit=8))
+        return _finish_failed(
+            run, log, f"unexpected error: {type(exc).__name__}: {exc}", counts=True
+        )
+    finally:
+        connector.close()
+        progress.close()
+
+
+def _read_and_stage(run, connector, stager, progress, log) -> list[pipeline.Staged]:
+    definition = run.definition
+    integration = definition.integration
+    if run.upload and hasattr(connector, "use_upload"):
+        connector.use_upload(run.upload.path)
+    mode = run.mode
+    if mode == SyncMode.INCREMENTAL and not definition.cursor:
+        log("no cursor yet: this first incremental run reads everything")
+    window = connector.begin(mode=mode, cursor=definition.cursor or None)
+    SyncRun.objects.filter(pk=run.pk).update(cursor_after=window.cursor_after or "")
+    run.cursor_after = window.cursor_after or ""
+    crosswalks = crosswalks_of(integration.district_id)
+    versions: dict[str, int | None] = {}
+    staged = []
+    for entity in ent.in_merge_order(definition.entities):
+        rules, version = current_rules(integration, entity)
+        versions[entity] = version
+        progress.update(phase=f"Reading {entity}", force=True)
+        read = connector.read(entity, window)
+        item = stager.stage(read, rules=rules, crosswalks=crosswalks)
+        staged.append(item)
+        progress.update(total=run.total + item.rows, processed=run.processed + item.rows)
+    run.mapping_versions = versions
+    run.staging = {
+        "entities": [
+            {
+                "entity": s.entity,
+                "raw": s.raw,
+                "table": s.table,
+                "complete": s.complete,
+                "rows": s.rows,
+                "key_changes": s.key_changes,
+                "targets": s.targets,
+            }
+            for s in staged
+        ]
+    }
+    # The merge counts again from zero for its own share of the bar.
+    run.total = run.total * 2
+    SyncRun.objects.filter(pk=run.pk).update(
+        mapping_versions=versions, staging=run.staging, total=run.total, log=log.text()
+    )
+    return staged
+
+
+def _staged_from(run: SyncRun) -> list[pipeline.Staged]:
+    return [pipeline.Staged(**item) for item in run.staging.get("entities", [])]
+
+
+def _merge(run, staged, *, actor, progress, log, warnings=(), approved=False) -> SyncRun:
+    merger = pipeline.Merger(run, actor=actor, progress=progress, log=log, approved=approved)
+    definition = run.definition
+    try:
+        with write_as(actor):
+            results = merger.merge(staged)
+            if (run.cursor_after and run.mode != SyncMode.FULL) or run.cursor_after:
+                SyncDefinition.objects.filter(pk=definition.pk).update(cursor=run.cursor_after)
+            pipeline.errors_superseded(run)
+            pipeline.forget_older_images(run)
+            totals = _totals(results)
+            run.refresh_from_db(fields=["failed_count"])
+            failed = RecordError.objects.filter(run=run).exclude(status=ErrorStatus.DISMISSED)
+            totals["failed"] = failed.values("line", "source_id", "entity").distinct().count()
+            status = RunStatus.PARTIAL if totals["failed"] else RunStatus.SUCCEEDED
+            _set_finished(run, status, totals, results, log, warnings, message=_summary(totals))
+            _emit_run(run, "sync_run.completed")
+    except pipeline.Held as held:
+        results = merger.results
+        totals = _totals(results)
+        log("held for approval: " + "; ".join(held.reasons))
+        _set_finished(
+            run,
+            RunStatus.HELD,
+            totals,
+            results,
+            log,
+            warnings,
+            message="Held for approval: " + "; ".join(held.reasons),
+            finished=False,
+        )
+        with write_as(actor):
+            _emit_run(run, "sync_run.held")
+        _record_health(definition.integration, ok=True, counts=False)
+        return run
+    pipeline.drop_staging(run)
+    _record_health(definition.integration, ok=True, counts=False)
+    return run
+
+
+def _totals(results: dict[str, pipeline.EntityResult]) -> dict[str, int]:
+    keys = ("read", "created", "updated", "unchanged", "deleted", "failed", "skipped")
+    return {k: sum(getattr(r, k) for r in results.values()) for k in keys}
+
+
+def _summary(totals: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in totals.items())
+
+
+def _set_finished(run, status, totals, results, log, warnings, *, message, finished=True):
+    run.status = status
+    for key, value in totals.items():
+        setattr(run, f"{key}_count", value)
+    run.diff = {name: r.as_dict() for name, r in results.items()}
+    run.warnings = list(warnings)
+    run.message = message
+    run.log = (run.log + "\n" if run.log else "") + log.text()
+    if finished:
+        run.finished_at = timezone.now()
+        run.processed = run.total
+    run.phase = "" if finished else "Waiting for approval"
+    run.save()
+
+
+def _finish_failed(run, log, message: str, *, counts: bool, warnings=()) -> SyncRun:
+    log(f"failed: {message}")
+    run.status = RunStatus.FAILED
+    run.finished_at = timezone.now()
+    run.message = message
+    run.warnings = list(warnings)
+    run.phase = ""
+    run.log = (run.log + "\n" if run.log else "") + log.text()
+    run.save()
+    pipeline.drop_staging(run)
+    integration = Integration.objects.get(pk=run.definition.integration_id)
+    _record_health(integration, ok=False, error=message, counts=counts)
+    from bxos.common.audit import system_actor
+
+    with write_as(system_actor()):
+        _emit_run(run, "sync_run.failed")
+    return run
+
+
+def _emit_run(run: SyncRun, event_type: str) -> None:
+    events.emit(
+        event_type,
+        None,
+        data={
+            "id": run.pk,
+            "districtId": run.district_id,
+            "connector": run.definition.integration.connector_type,
+            "status": run.status,
+            "startedAt": run.started_at.isoformat() if run.started_at else None,
+            "finishedAt": run.finished_at.isoformat() if run.finished_at else None,
+            "counts": {
+                k: getattr(run, f"{k}_count")
+                for k in ("read", "created", "updated", "unchanged", "deleted", "failed", "skipped")
+            },
+            "message": run.message[:500],
+        },
+    )
+
+
+def run_approve(*, run: SyncRun, actor) -> SyncRun:
+    """Apply a held run as previewed (its staged data is kept while it waits)."""
+    run = SyncRun.objects.select_related("definition__integration").get(pk=run.pk)
+    if run.status != RunStatus.HELD:
+        raise ValidationError(f"Only a held run can be approved; this one is {run.status}.")
+    log = _Log(run)
+    log(f"approved by {actor}")
+    run.decided_by, run.decided_at = actor, timezone.now()
+    run.status = RunStatus.RUNNING
+    run.save(update_fields=["decided_by", "decided_at", "status"])
+    progress = pipeline.Progress(run)
+    try:
+        with acting_as(actor):
+            return _merge(
+                run,
+                _staged_from(run),
+                actor=actor,
+                progress=progress,
+                log=log,
+                warnings=run.warnings,
+                approved=True,
+            )
+    finally:
+        progress.close()
+
+
+def run_discard(*, run: SyncRun, actor) -> SyncRun:
+    """Throw a held run away: nothing changes, the cursor stays where it was."""
+    if run.status != RunStatus.HELD:
+        raise ValidationError(f"Only a held run can be discarded; this one is {run.status}.")
+    with write_as(actor):
+        run.status = RunStatus.DISCARDED
+        run.decided_by, run.decided_at = actor, timezone.now()
+        run.finished_at = timezone.now()
+        run.message = f"Discarded by {actor}. " + run.message
+        run.save()
+        RecordError.objects.filter(run=run).delete()
+        transaction.on_commit(lambda: pipeline.drop_staging(run))
+    return run
+
+
+def run_rollback(*, run: SyncRun, actor) -> SyncRun:
+    """Undo a finished run exactly: delete what it inserted, restore what it changed or removed.
+
+    Only the latest finished run of its definition can be rolled back (its before-images are
+    kept until the next run succeeds), and only while no later run changed the same rows.
+    """
+    run = SyncRun.objects.select_related("definition__integration").get(pk=run.pk)
+    if run.status not in (RunStatus.SUCCEEDED, RunStatus.PARTIAL):
+        raise ValidationError(f"Only a finished run can be rolled back; this one is {run.status}.")
+    later = run.definition.runs.filter(
+        pk__gt=run.pk, status__in=[RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.RUNNING]
+    ).first()
+    if later:
+        raise ValidationError(
+            f"Run #{later.pk} ran after this one; roll that back first (its before-images "
+            "replaced this run's)."
+        )
+    specs = [ent.spec(e) for e in ent.in_merge_order(run.diff.keys() or run.definition.entities)]
+    counts = {"deleted": 0, "restored": 0, "reinserted": 0}
+    with write_as(actor), connection.cursor() as cur:
+        # Inserted rows: this run wrote them and kept no before-image. Children first.
+        for spec in reversed(specs):
+            try:
+                with transaction.atomic():
+                    cur.execute(
+                        f"DELETE FROM {pipeline.q(spec.table)} t WHERE t.last_run_id = %s "
+                        f"AND NOT EXISTS (SELECT 1 FROM integrations_runchange c WHERE "
+                        f"c.run_id = %s AND c.table_name = %s AND c.object_id = t.id)",
+                        [run.pk, run.pk, spec.table],
+                    )
+                    counts["deleted"] += cur.rowcount
+            except Exception as exc:
+                raise ValidationError(
+                    f"Cannot roll back: {spec.label.lower()} this run created are now used by "
+                    f"other records ({pipeline._first_line(exc)})."
+                ) from exc
+        for spec in specs:
+            columns = [
+                f.column
+                for f in spec.model._meta.concrete_fields
+                if f.column not in ("id", "change_version")
+            ]
+            table = pipeline.q(spec.table)
+            assignments = ", ".join(f"{pipeline.q(c)} = (p).{pipeline.q(c)}" for c in columns)
+            cur.execute(
+                f"UPDATE {table} t SET {assignments} FROM ("
+                f"SELECT jsonb_populate_record(NULL::{table}, before) AS p, object_id "
+                f"FROM integrations_runchange WHERE run_id = %s AND table_name = %s "
+                f"AND op = 'update' ORDER BY id DESC) x WHERE t.id = x.object_id",
+                [run.pk, spec.table],
+            )
+            counts["restored"] += cur.rowcount
+            names = ", ".join(pipeline.q(c) for c in ["id", *columns])
+            picks = ", ".join(f"(p).{pipeline.q(c)}" for c in ["id", *columns])
+            cur.execute(
+                f"INSERT INTO {table} ({names}) SELECT {picks} FROM ("
+                f"SELECT jsonb_populate_record(NULL::{table}, before) AS p "
+                f"FROM integrations_runchange WHERE run_id = %s AND table_name = %s "
+                f"AND op = 'delete') x",
+                [run.pk, spec.table],
+            )
+            counts["reinserted"] += cur.rowcount
+            audit_bulk(
+                model=spec.model,
+                action=LogEntry.Action.UPDATE,
+                object_ids=[],
+                count=counts["restored"],
+                actor=actor,
+                note=f"rollback of sync run #{run.pk}",
+            )
+        SyncDefinition.objects.filter(pk=run.definition_id).update(cursor=run.cursor_before)
+        RunChange.objects.filter(run=run).delete()
+        run.status = RunStatus.ROLLED_BACK
+        run.rolled_back_at = timezone.now()
+        run.decided_by = actor
+        run.message = (
+            f"Rolled back by {actor}: {counts['deleted']} inserted rows deleted, "
+            f"{counts['restored']} rows restored, {counts['reinserted']} removed rows put back. "
+            + run.message
+        )
+        run.save()
+    return run
+
+
+def run_rerun_failed(*, run: SyncRun, actor) -> SyncRun:
+    """Start a run that reads the source again and retries the failed records of ``run``."""
+    if not RecordError.objects.filter(run=run, status=ErrorStatus.OPEN).exists():
+        raise ValidationError("This run has no open record errors to retry.")
+    return run_start(definition=run.definition, actor=actor, trigger=RunTrigger.RETRY)
+
+
+def record_errors_dismiss(*, errors, actor) -> int:
+    with write_as(actor):
+        ids = list(errors.filter(status=ErrorStatus.OPEN).values_list("pk", flat=True))
+        RecordError.objects.filter(pk__in=ids).update(status=ErrorStatus.DISMISSED)
+        if ids:
+            audit_bulk(
+                model=RecordError,
+                action=LogEntry.Action.UPDATE,
+                object_ids=ids,
+                actor=actor,
+                note="dismissed: will not be retried",
+            )
+    return len(ids)
+
+
+# --- identity review ----------------------------------------------------------------------------
+
+
+def identity_merge(*, review: IdentityReview, actor) -> IdentityReview:
+    """Link the existing person to the incoming source record; reversible by unmerge."""
+    from bxos.schools.models import Student
+
+    if review.status != ReviewStatus.OPEN:
+        raise ValidationError(f"This review is already {review.status}.")
+    with write_as(actor):
+        student = Student.objects.select_for_update().get(
+            pk=review.candidate_id, district_id=review.district_id
+        )
+        review.before = {
+            "source_system": student.source_system,
+            "source_id": student.source_id,
+        }
+        student.source_system = review.integration.source_system
+        student.source_id = review.source_id
+        model_save(instance=student, actor=actor, fields=["source_system", "source_id"])
+        review.status = ReviewStatus.MERGED
+        review.decided_by, review.decided_at = actor, timezone.now()
+        model_save(instance=review, actor=actor, emit=False)
+    return review
+
+
+def identity_unmerge(*, review: IdentityReview, actor) -> IdentityReview:
+    from bxos.schools.models import Student
+
+    if review.status != ReviewStatus.MERGED:
+        raise ValidationError("Only a merged review can be reversed.")
+    with write_as(actor):
+        student = Student.objects.select_for_update().get(pk=review.candidate_id)
+        student.source_system = review.before.get("source_system", "")
+        student.source_id = review.before.get("source_id", "")
+        model_save(instance=student, actor=actor, fields=["source_system", "source_id"])
+        review.status = ReviewStatus.UNMERGED
+        review.decided_by, review.decided_at = actor, timezone.now()
+        model_save(instance=review, actor=actor, emit=False)
+    return review
+
+
+def identity_distinct(*, review: IdentityReview, actor) -> IdentityReview:
+    """Not the same person: the next run creates the incoming record as a new person."""
+    if review.status != ReviewStatus.OPEN:
+        raise ValidationError(f"This review is already {review.status}.")
+    review.status = ReviewStatus.DISTINCT
+    review.decided_by, review.decided_at = actor, timezone.now()
+    return model_save(instance=review, actor=actor, emit=False)
+
+
+# --- event-driven syncs: the signed inbound endpoint --------------------------------------------
+
+
+def inbound_verify(*, definition: SyncDefinition, headers, body: bytes) -> None:
+    """Standard Webhooks signature check (``webhook-id``, ``webhook-timestamp``,
+    ``webhook-signature``: ``v1,<base64 HMAC-SHA256>``); raises ValidationError saying why."""
+    import base64
+
+    if definition.schedule_kind != ScheduleKind.EVENT or not definition.inbound_secret:
+        raise ValidationError("this sync does not accept events")
+    msg_id = headers.get("webhook-id")
+    stamp = headers.get("webhook-timestamp")
+    signatures = headers.get("webhook-signature")
+    if not (msg_id and stamp and signatures):
+        raise ValidationError(
+            "missing header(s): webhook-id, webhook-timestamp and webhook-signature are required"
+        )
+    try:
+        sent = int(stamp)
+    except ValueError as exc:
+        raise ValidationError("webhook-timestamp is not a Unix time in seconds") from exc
+    if abs(time.time() - sent) > _conf("INBOUND_TOLERANCE_SECONDS"):
+        raise ValidationError("webhook-timestamp is too far from now (replay protection)")
+    secret = definition.inbound_secret.removeprefix("whsec_").encode()
+    expected = base64.b64encode(
+        hmac.new(secret, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    ).decode()
+    for candidate in signatures.split():
+        version, _, value = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return
+    raise ValidationError("webhook-signature does not match")
+
+
+def inbound_event(*, definition: SyncDefinition, actor) -> SyncRun | None:
+    """A signed event from the source: start an incremental run unless one is waiting."""
+    if definition.runs.filter(status=RunStatus.QUEUED).exists():
+        return None  # the queued run will read this change too
+    mode = (
+        SyncMode.INCREMENTAL
+        if registry.get(definition.integration.connector_type).cursor_kind
+        else definition.mode
+    )
+    try:
+        return run_start(definition=definition, actor=actor, trigger=RunTrigger.EVENT, mode=mode)
+    except ValidationError:
+        return None  # a run is in progress; the next event or schedule catches up

@@ -1,0 +1,37 @@
+"""Worker entry points: load by id, call a service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from bxos.common.audit import current_actor
+from bxos.common.tasks import ActorTask
+from integrations import services
+from integrations.choices import RunTrigger
+from integrations.models import SyncDefinition, SyncRun
+
+
+@shared_task(base=ActorTask, name="integrations.run_sync")
+def run_sync(run_id: int) -> str:
+    """Execute a queued sync run."""
+    run = SyncRun.objects.filter(pk=run_id).first()
+    if run is None:
+        return "gone"
+    return services.run_execute(run=run, actor=current_actor()).status
+
+
+@shared_task(base=ActorTask, name="integrations.scheduled_sync")
+def scheduled_sync(definition_id: int) -> str:
+    """Beat's entry for a definition's schedule: queue a run unless one is waiting."""
+    definition = SyncDefinition.objects.filter(pk=definition_id, is_active=True).first()
+    if definition is None:
+        return "inactive"
+    from django.core.exceptions import ValidationError
+
+    try:
+        run = services.run_start(
+            definition=definition, actor=current_actor(), trigger=RunTrigger.SCHEDULE
+        )
+    except ValidationError as exc:
+        return "; ".join(exc.messages)
+    return f"queued run #{run.pk}"

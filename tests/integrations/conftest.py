@@ -1,0 +1,11 @@
+"""Integration tests talk to protocol peers they start on 127.0.0.1, so loopback is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def loopback(settings):
+    settings.OUTBOUND_HTTP = {**settings.OUTBOUND_HTTP, "ALLOW_LOOPBACK": True}
+    return settings
