@@ -27,6 +27,7 @@ from integrations import entities as ent
 from integrations import pipeline, transforms
 from integrations.choices import (
     CircuitState,
+    Direction,
     ErrorStatus,
     ReviewStatus,
     RunStatus,
@@ -136,9 +137,12 @@ def integration_update(
 ) -> Integration:
     """Change an integration. A secret left empty keeps its stored value."""
     connector_cls = registry.get(integration.connector_type)
-    stored = integration_secrets(integration)
-    merged = {**stored, **{k: v for k, v in params.items() if v not in (None, "")}}
-    merged.update({k: v for k, v in params.items() if k not in stored})
+    secret_names = {p.name for p in connector_cls.params if p.kind == "secret"}
+    merged = {**integration.params, **integration_secrets(integration)}
+    for name, value in params.items():
+        if name in secret_names and value in (None, ""):
+            continue  # an empty secret field keeps the stored value
+        merged[name] = value
     plain, secret = _split_params(connector_cls, merged)
     for name, value in data.items():
         setattr(integration, name, value)
@@ -519,9 +523,18 @@ def run_execute(*, run: SyncRun, actor=None) -> SyncRun:
         with acting_as(actor):
             staged = _read_and_stage(run, connector, stager, progress, log)
             _save_state(integration, connector)
-            return _merge(
+            run = _merge(
                 run, staged, actor=actor, progress=progress, log=log, warnings=stager.warnings
             )
+            if (
+                definition.direction == Direction.BIDIRECTIONAL
+                and run.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+                and connector.writes
+            ):
+                from integrations import push
+
+                push.run_push(run=run, connector=connector, actor=actor, log=log)
+            return run
     except ConnectorError as exc:
         _save_state(integration, connector)
         counts = exc.kind in ("credentials", "unavailable")

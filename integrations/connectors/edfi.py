@@ -98,13 +98,15 @@ def school_year_source_id(kv: KeyValues) -> str:
     return f"schoolYear|{_text(kv['schoolYear'])}"
 
 
+# Ed-Fi keys sessions and grading periods by school; the hub's academic sessions are the
+# district's (one "Fall Semester 2027" for every school). The school is left out, and a read
+# hands each such session over once.
 def session_source_id(kv: KeyValues) -> str:
-    return _join(_text(kv["schoolId"]), _text(kv["schoolYear"]), _text(kv["sessionName"]))
+    return _join(_text(kv["schoolYear"]), _text(kv["sessionName"]))
 
 
 def grading_period_source_id(kv: KeyValues) -> str:
     return _join(
-        _text(kv["schoolId"]),
         _text(kv["schoolYear"]),
         descriptor_code(kv["gradingPeriodDescriptor"]),
         _text(kv["gradingPeriodName"]),
@@ -159,6 +161,25 @@ def grade_source_id(kv: KeyValues) -> str:
         _text(kv["gradingPeriodName"]),
         descriptor_code(kv["gradeTypeDescriptor"]),
     )
+
+
+def _once_per_source_id(records: Iterator[SourceRecord]) -> Iterator[SourceRecord]:
+    """District-wide sessions arrive once per school: keep the first of each (a live record
+    before a delete of the same key)."""
+    seen: dict[str, bool] = {}
+    held: list[SourceRecord] = []
+    for record in records:
+        if record.source_id in seen:
+            continue
+        if record.deleted:
+            held.append(record)
+            continue
+        seen[record.source_id] = True
+        yield record
+    for record in held:
+        if record.source_id not in seen:
+            seen[record.source_id] = True
+            yield record
 
 
 def incident_source_id(kv: KeyValues) -> str:
@@ -1171,6 +1192,8 @@ class EdFiConnector(Connector):
                 for change in self._pager(resource.name, bounds, "/keyChanges"):
                     key_changes.append(self._key_change(resource, change))
         records = self._records(entity, parts, enrich, bounds)
+        if entity == "academic_session":
+            records = _once_per_source_id(records)
         return EntityRead(
             entity=entity,
             complete=not incremental,
@@ -1264,6 +1287,41 @@ class EdFiConnector(Connector):
             {"schoolId": school_id, "incidentIdentifier": identifier}
         )
         return fields
+
+    @staticmethod
+    def incident_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+        """A fetched incident (:meth:`fetch_incident`) in the vocabulary of push rows, so the
+        engine can compare it with the hub's row and take the source's side of a conflict:
+        ``occurred_on`` (``YYYY-MM-DD``), ``occurred_at`` (``HH:MM:SS``), ``behavior_code`` (the
+        hub's problem behavior code of the first behavior; the Ed-Fi code value when the hub
+        has no equivalent) and ``modified_at`` (``_lastModifiedDate`` as an aware datetime, or
+        None when the source did not send it)."""
+        behavior = None
+        try:
+            listed = json.loads(fields.get("behaviors") or "[]")
+        except (TypeError, ValueError):
+            listed = []
+        if isinstance(listed, list) and listed and isinstance(listed[0], Mapping):
+            code = _code_or_none(listed[0].get("behaviorDescriptor"))
+            behavior = BEHAVIORS.get(code, code) if code else None
+        time_of_day = str(fields.get("incidentTime") or "").strip() or None
+        if time_of_day and len(time_of_day) == 5:
+            time_of_day += ":00"
+        modified = None
+        stamp = fields.get("_lastModifiedDate")
+        if isinstance(stamp, str) and stamp:
+            try:
+                modified = dt.datetime.fromisoformat(normalize_timestamp(stamp))
+            except ValueError:
+                modified = None
+            if modified is not None and modified.tzinfo is None:
+                modified = modified.replace(tzinfo=dt.UTC)  # the ODS writes UTC
+        return {
+            "occurred_on": _iso_date(fields.get("incidentDate")),
+            "occurred_at": time_of_day[:8] if time_of_day else None,
+            "behavior_code": behavior,
+            "modified_at": modified,
+        }
 
     def push(self, entity: str, rows: list[dict[str, Any]]) -> list[PushResult]:
         if entity not in self.writes:

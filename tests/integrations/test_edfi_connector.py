@@ -61,13 +61,10 @@ def expected_ids(peer: EdFiPeer, entity: str) -> set[str]:
     if entity == "school":
         return {str(s["schoolId"]) for s in peer.items("schools")}
     if entity == "academic_session":
-        sessions = {
-            f"{s['schoolReference']['schoolId']}|{YEAR}|{s['sessionName']}"
-            for s in peer.items("sessions")
-        }
+        # The hub's sessions are the district's: one per year and name, whatever the school.
+        sessions = {f"{YEAR}|{s['sessionName']}" for s in peer.items("sessions")}
         periods = {
-            f"{g['schoolReference']['schoolId']}|{YEAR}|{code(g['gradingPeriodDescriptor'])}|"
-            f"{g['gradingPeriodName']}"
+            f"{YEAR}|{code(g['gradingPeriodDescriptor'])}|{g['gradingPeriodName']}"
             for g in peer.items("gradingPeriods")
         }
         return sessions | periods | {f"schoolYear|{YEAR}"}
@@ -173,9 +170,10 @@ def test_full_read_of_each_entity_equals_the_fixture(peer, entity):
     assert not any(r.deleted for r in records)
     assert len(ids(records)) == len(set(ids(records))), "each source id once"
     assert set(ids(records)) == expected_ids(peer, entity)
-    assert result.expected_total == len(
-        [r for r in records if not r.source_id.startswith("schoolYear|")]
-    )
+    if entity != "academic_session":  # sessions arrive once per school, handed over once
+        assert result.expected_total == len(
+            [r for r in records if not r.source_id.startswith("schoolYear|")]
+        )
 
 
 def test_records_carry_flattened_fields_and_composed_references(peer):
@@ -213,19 +211,19 @@ def test_records_carry_flattened_fields_and_composed_references(peer):
     transferred = read["enrollment"]["255901001|604824|2026-08-17"]
     assert transferred["exitWithdrawTypeDescriptor"].endswith("#Transferred to another district")
 
-    fall = sessions[f"255901001|{YEAR}|2026-2027 Fall Semester"]
+    fall = sessions[f"{YEAR}|2026-2027 Fall Semester"]
     assert (fall["_kind"], fall["_sessionKind"], fall["_parentSourceId"]) == (
         "session",
         "Fall Semester",
         f"schoolYear|{YEAR}",
     )
-    q1 = sessions[f"255901001|{YEAR}|First Nine Weeks|Q1"]
+    q1 = sessions[f"{YEAR}|First Nine Weeks|Q1"]
     assert (q1["_kind"], q1["_sessionKind"], q1["_name"]) == (
         "gradingPeriod",
         "Grading Period",
         "Q1",
     )
-    assert q1["_parentSourceId"] == f"255901001|{YEAR}|2026-2027 Fall Semester"
+    assert q1["_parentSourceId"] == f"{YEAR}|2026-2027 Fall Semester"
     year = sessions[f"schoolYear|{YEAR}"]
     assert (year["beginDate"], year["endDate"], year["_name"]) == (
         "2026-08-17",
