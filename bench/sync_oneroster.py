@@ -119,6 +119,28 @@ class Plan:
             },
         )
 
+    def roles(self):
+        for s in range(SCHOOLS):
+            for t in range(TEACHERS_PER_SCHOOL):
+                yield self._role(f"t{s}_{t}", "teacher", f"sch{s}")
+        for n in range(self.students):
+            if n % self.guardian_every == 0:
+                yield self._role(f"g{n}", "parent", f"sch{n % SCHOOLS}")
+            yield self._role(f"s{n}", "student", f"sch{n % SCHOOLS}")
+
+    @staticmethod
+    def _role(uid: str, role: str, org: str) -> list[str]:
+        return _row(
+            "roles",
+            {
+                "sourcedId": f"r-{uid}",
+                "userSourcedId": uid,
+                "roleType": "primary",
+                "role": role,
+                "orgSourcedId": org,
+            },
+        )
+
     def users(self, changed: bool):
         for s in range(SCHOOLS):
             for t in range(TEACHERS_PER_SCHOOL):
@@ -128,8 +150,6 @@ class Plan:
                     {
                         "sourcedId": uid,
                         "enabledUser": "true",
-                        "orgSourcedIds": f"sch{s}",
-                        "role": "teacher",
                         "username": uid,
                         "givenName": "Terry",
                         "familyName": f"T{t}",
@@ -147,8 +167,6 @@ class Plan:
                     {
                         "sourcedId": gid,
                         "enabledUser": "true",
-                        "orgSourcedIds": f"sch{n % SCHOOLS}",
-                        "role": "parent",
                         "username": gid,
                         "givenName": "Pat",
                         "familyName": f"P{n}",
@@ -164,8 +182,6 @@ class Plan:
                 {
                     "sourcedId": uid,
                     "enabledUser": "true",
-                    "orgSourcedIds": f"sch{n % SCHOOLS}",
-                    "role": "student",
                     "username": uid,
                     "givenName": f"Given{n % 613}",
                     "familyName": family,
@@ -224,8 +240,8 @@ class Plan:
                         "classSourcedId": f"c{s}_{c}",
                         "schoolSourcedId": f"sch{s}",
                         "userSourcedId": f"s{n}",
-                        "role": "student",
                         "primary": "false",
+                        "role": "student",
                         "beginDate": "2026-08-15",
                         "endDate": end,
                     },
@@ -238,6 +254,7 @@ class Plan:
             "orgs": self.orgs(),
             "academicSessions": self.sessions(),
             "users": self.users(changed),
+            "roles": self.roles(),
             "demographics": self.demographics(),
             "classes": self.classes(),
             "enrollments": self.enrollments(changed),

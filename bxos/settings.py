@@ -331,6 +331,10 @@ INTEGRATIONS = {
     # after the cool-down.
     "CIRCUIT_FAILURES": env.int("INTEGRATIONS_CIRCUIT_FAILURES", default=3),
     "CIRCUIT_COOLDOWN_SECONDS": env.int("INTEGRATIONS_CIRCUIT_COOLDOWN", default=900),
+    # A run announces each changed row as a domain event (student.updated ...) up to this many
+    # changes per entity; above it only the run's sync_run.completed event with its counts
+    # (a roster load must not send a hundred thousand webhooks; vendors read the change feed).
+    "ROW_EVENTS_MAX": env.int("INTEGRATIONS_ROW_EVENTS_MAX", default=200),
     # Signed inbound events older or newer than this are refused (replay protection).
     "INBOUND_TOLERANCE_SECONDS": 300,
     # Folder watched for OneRoster CSV zips dropped by the SIS (one sub-folder per integration).

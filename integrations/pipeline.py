@@ -56,9 +56,6 @@ from integrations.models import IdentityReview, RecordError, RunChange, SyncRun
 logger = logging.getLogger(__name__)
 
 SCHEMA = "sync_stage"
-#: per-row domain events are emitted up to this many changed rows per entity; above it, only
-#: the run's summary event (a roster load must not flood webhook endpoints)
-ROW_EVENTS_MAX = 2000
 
 # Python codec -> PostgreSQL COPY encoding, for the native fast path.
 PG_ENCODINGS = {
@@ -1400,7 +1397,10 @@ class Merger:
         prefix = getattr(spec.model, "event_prefix", None)
         if not prefix:
             return
-        if result.created + result.updated + result.deleted > ROW_EVENTS_MAX:
+        if (
+            result.created + result.updated + result.deleted
+            > settings.INTEGRATIONS["ROW_EVENTS_MAX"]
+        ):
             self.log(
                 f"{spec.name}: {result.created + result.updated + result.deleted} changes; "
                 "announced by the run's event only"

@@ -408,8 +408,10 @@ def run_start(
     trigger: str = RunTrigger.MANUAL,
     upload=None,
     mode: str | None = None,
+    enqueue: bool = True,
 ) -> SyncRun:
-    """Queue a run; a worker executes it after this transaction commits."""
+    """Queue a run; a worker executes it after this transaction commits (``enqueue=False``:
+    the caller, already a worker, executes it)."""
     if not definition.is_active:
         raise ValidationError("This sync definition is switched off.")
     busy = definition.runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).first()
@@ -429,7 +431,8 @@ def run_start(
         if upload is not None:
             run.upload.save(upload.name, upload, save=False)
         run.save()
-        transaction.on_commit(lambda: _enqueue(run.pk))
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue(run.pk))
     return run
 
 
@@ -509,9 +512,14 @@ def run_execute(*, run: SyncRun, actor=None) -> SyncRun:
     definition = run.definition
     integration = definition.integration
     log = _Log(run)
-    refused = _circuit_allows(integration)
-    SyncRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, started_at=timezone.now())
+    # Claim the run: of two workers handed the same run, one goes ahead.
+    claimed = SyncRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+        status=RunStatus.RUNNING, started_at=timezone.now()
+    )
+    if not claimed:
+        return SyncRun.objects.get(pk=run.pk)
     run.status, run.started_at = RunStatus.RUNNING, timezone.now()
+    refused = _circuit_allows(integration)
     if refused:
         return _finish_failed(run, log, refused, counts=False)
     progress = pipeline.Progress(run)

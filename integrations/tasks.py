@@ -22,7 +22,8 @@ def run_sync(run_id: int) -> str:
 
 @shared_task(base=ActorTask, name="integrations.scheduled_sync")
 def scheduled_sync(definition_id: int) -> str:
-    """Beat's entry for a definition's schedule: queue a run unless one is waiting."""
+    """Beat's entry for a definition's schedule: start a run and execute it here (this is
+    already a worker), unless one is waiting or running."""
     definition = SyncDefinition.objects.filter(pk=definition_id, is_active=True).first()
     if definition is None:
         return "inactive"
@@ -30,8 +31,12 @@ def scheduled_sync(definition_id: int) -> str:
 
     try:
         run = services.run_start(
-            definition=definition, actor=current_actor(), trigger=RunTrigger.SCHEDULE
+            definition=definition,
+            actor=current_actor(),
+            trigger=RunTrigger.SCHEDULE,
+            enqueue=False,
         )
     except ValidationError as exc:
         return "; ".join(exc.messages)
-    return f"queued run #{run.pk}"
+    run = services.run_execute(run=run, actor=current_actor())
+    return f"run #{run.pk}: {run.status}"

@@ -1,0 +1,122 @@
+"""A sync's schedule, edited like the admin does, is run by Celery beat's scheduler and a real
+worker: the definition's beat entry is due, beat sends it, a worker process runs the sync."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from bxos.celery import app as celery_app
+from bxos.schools.models import Student
+from integrations import services
+from integrations.choices import RunStatus, RunTrigger, ScheduleKind
+from integrations.models import SyncDefinition, SyncRun
+from integrations.sample import build_roster, write_zip
+from tests.bxos.common.test_celery_worker import _check_broker
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_schedule_edited_in_the_admin_runs_the_sync(north, system, tmp_path):
+    _check_broker()
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    write_zip(drop / "nightly.zip", build_roster(students=8))
+    integration = services.integration_create(
+        district=north.district,
+        name="SIS drop folder",
+        connector_type="oneroster_csv",
+        source_system="sis",
+        params={"source": "folder", "folder": str(drop)},
+        actor=system,
+    )
+    definition = services.definition_save(
+        definition=SyncDefinition(
+            integration=integration,
+            name="Nightly",
+            entities=["school", "academic_session", "student"],
+            schedule_kind=ScheduleKind.INTERVAL,
+            interval_minutes=60,
+        ),
+        actor=system,
+    )
+    task = PeriodicTask.objects.get(pk=definition.periodic_task_id)
+    assert task.task == "integrations.scheduled_sync" and task.interval.every == 60
+    # The admin switches it to a crontab: the same beat entry now runs on that schedule.
+    definition.schedule_kind = ScheduleKind.CRONTAB
+    definition.crontab = "30 2 * * 1-5"
+    services.definition_save(definition=definition, actor=system)
+    task.refresh_from_db()
+    assert task.interval is None and task.crontab.hour == "2" and task.crontab.minute == "30"
+    assert task.crontab.day_of_week == "1-5"
+    assert str(task.crontab.timezone) == north.district.time_zone
+
+    # A private queue keeps a developer's own worker from taking it; the last run was long
+    # ago, so beat finds the entry due now.
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    PeriodicTask.objects.filter(pk=task.pk).update(
+        queue=queue, last_run_at=timezone.now() - timedelta(days=7)
+    )
+    env = {**os.environ, "BXOS_DB_NAME": connection.settings_dict["NAME"]}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bxos",
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            queue,
+            "--loglevel",
+            "WARNING",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            f"{queue}@%h",
+        ],
+        env=env,
+        cwd=settings.BASE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        from django_celery_beat.schedulers import DatabaseScheduler
+
+        scheduler = DatabaseScheduler(app=celery_app, lazy=False)
+        entry = scheduler.schedule[task.name]
+        assert entry.is_due().is_due, "beat does not see the definition's schedule as due"
+        scheduler.apply_entry(entry, producer=None)
+        deadline = time.monotonic() + 90
+        run = None
+        while time.monotonic() < deadline and worker.poll() is None:
+            run = SyncRun.objects.filter(definition=definition).first()
+            if run and run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+                break
+            time.sleep(0.5)
+    finally:
+        worker.terminate()
+        try:
+            output = worker.communicate(timeout=20)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            output = worker.communicate()[0].decode(errors="replace")
+    assert run is not None, f"no run was started; worker output:\n{output}"
+    assert run.trigger == RunTrigger.SCHEDULE
+    assert run.status == RunStatus.SUCCEEDED, (run.message, output[-2000:])
+    assert Student.objects.filter(district=north.district, source_system="sis").count() == 8
+    # The watched folder's zip was taken: it moved to processed/.
+    assert not (drop / "nightly.zip").exists() and (drop / "processed" / "nightly.zip").exists()
