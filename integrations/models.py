@@ -196,6 +196,17 @@ class SyncDefinition(FieldConstraintErrors, models.Model):
         default=20, help_text="Thresholds apply once an entity has at least this many rows."
     )
     cursor = models.CharField(max_length=100, blank=True, editable=False)
+    push_cursor = models.BigIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bidirectional syncs: hub changes up to this change version were pushed.",
+    )
+    push_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the last push finished: changes after it count as new on either side.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -397,3 +408,58 @@ class IdentityReview(FieldConstraintErrors, models.Model):
 
     def __str__(self) -> str:
         return f"{self.entity} {self.source_id}: {self.reason}"
+
+
+class ConflictStatus(models.TextChoices):
+    OPEN = "open", "Waiting for a decision"
+    RESOLVED_HUB = "resolved_hub", "Resolved: the hub's version was kept"
+    RESOLVED_SOURCE = "resolved_source", "Resolved: the source's version was kept"
+    DISMISSED = "dismissed", "Dismissed (left as it is on both sides)"
+
+
+class SyncConflict(FieldConstraintErrors, models.Model):
+    """A record a bidirectional sync found changed on both sides, under the manual policy.
+
+    Neither side is changed until an admin decides (integrations.push.conflict_resolve):
+    ``hub`` is the row the hub would push, ``source`` the source's record as it was read.
+    While a conflict is open the record is not pushed; a later run refreshes both snapshots.
+    """
+
+    district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
+    definition = models.ForeignKey(
+        SyncDefinition, on_delete=models.CASCADE, related_name="conflicts"
+    )
+    run = models.ForeignKey(
+        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="conflicts"
+    )
+    entity = models.CharField(max_length=40)
+    object_id = models.BigIntegerField(help_text="The hub row (e.g. the incident's id).")
+    source_id = models.CharField(max_length=255, help_text="The record's id in the source.")
+    hub = models.JSONField(help_text="The hub's values, as they would be pushed.")
+    source = models.JSONField(help_text="The source's record when the conflict was found.")
+    status = models.CharField(
+        max_length=16, choices=ConflictStatus.choices, default=ConflictStatus.OPEN
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    gate = Gate()
+
+    class Meta:
+        ordering = ["status", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["definition", "entity", "object_id"],
+                condition=Q(status="open"),
+                name="sync_conflict_one_open",
+                violation_error_message="This record already has an open conflict.",
+            ),
+            valid_code("status", ConflictStatus, name="sync_conflict_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entity} {self.source_id or self.object_id}: {self.get_status_display()}"

@@ -531,17 +531,18 @@ def run_execute(*, run: SyncRun, actor=None) -> SyncRun:
         with acting_as(actor):
             staged = _read_and_stage(run, connector, stager, progress, log)
             _save_state(integration, connector)
+            pushes = definition.direction == Direction.BIDIRECTIONAL and bool(connector.writes)
             run = _merge(
-                run, staged, actor=actor, progress=progress, log=log, warnings=stager.warnings
+                run,
+                staged,
+                actor=actor,
+                progress=progress,
+                log=log,
+                warnings=stager.warnings,
+                announce=not pushes,
             )
-            if (
-                definition.direction == Direction.BIDIRECTIONAL
-                and run.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
-                and connector.writes
-            ):
-                from integrations import push
-
-                push.run_push(run=run, connector=connector, actor=actor, log=log)
+            if pushes:
+                _push_and_announce(run, connector, actor, log)
             return run
     except ConnectorError as exc:
         _save_state(integration, connector)
@@ -608,7 +609,9 @@ def _staged_from(run: SyncRun) -> list[pipeline.Staged]:
     return [pipeline.Staged(**item) for item in run.staging.get("entities", [])]
 
 
-def _merge(run, staged, *, actor, progress, log, warnings=(), approved=False) -> SyncRun:
+def _merge(
+    run, staged, *, actor, progress, log, warnings=(), approved=False, announce=True
+) -> SyncRun:
     merger = pipeline.Merger(run, actor=actor, progress=progress, log=log, approved=approved)
     definition = run.definition
     try:
@@ -624,7 +627,8 @@ def _merge(run, staged, *, actor, progress, log, warnings=(), approved=False) ->
             totals["failed"] = failed.values("line", "source_id", "entity").distinct().count()
             status = RunStatus.PARTIAL if totals["failed"] else RunStatus.SUCCEEDED
             _set_finished(run, status, totals, results, log, warnings, message=_summary(totals))
-            _emit_run(run, "sync_run.completed")
+            if announce:
+                _emit_run(run, "sync_run.completed")
     except pipeline.Held as held:
         results = merger.results
         totals = _totals(results)
@@ -722,9 +726,13 @@ def run_approve(*, run: SyncRun, actor) -> SyncRun:
     run.status = RunStatus.RUNNING
     run.save(update_fields=["decided_by", "decided_at", "status"])
     progress = pipeline.Progress(run)
+    integration = run.definition.integration
+    pushes = run.definition.direction == Direction.BIDIRECTIONAL and bool(
+        registry.get(integration.connector_type).writes
+    )
     try:
         with acting_as(actor):
-            return _merge(
+            run = _merge(
                 run,
                 _staged_from(run),
                 actor=actor,
@@ -732,9 +740,29 @@ def run_approve(*, run: SyncRun, actor) -> SyncRun:
                 log=log,
                 warnings=run.warnings,
                 approved=True,
+                announce=not pushes,
             )
+            if pushes:
+                connector = connector_for(integration, log=log)
+                try:
+                    _push_and_announce(run, connector, actor, log)
+                finally:
+                    connector.close()
+            return run
     finally:
         progress.close()
+
+
+def _push_and_announce(run: SyncRun, connector, actor, log) -> None:
+    """Bidirectional syncs: after the pull committed, push the hub's changes back, then
+    announce the run with its final status."""
+    if run.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL):
+        from integrations import push
+
+        push.run_push(run=run, connector=connector, actor=actor, log=log)
+    if run.status != RunStatus.HELD:
+        with write_as(actor):
+            _emit_run(run, "sync_run.completed")
 
 
 def run_discard(*, run: SyncRun, actor) -> SyncRun:
@@ -769,7 +797,8 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
             f"Run #{later.pk} ran after this one; roll that back first (its before-images "
             "replaced this run's)."
         )
-    specs = [ent.spec(e) for e in ent.in_merge_order(run.diff.keys() or run.definition.entities)]
+    merged = [e for e in run.diff if e in ent.BY_NAME] or run.definition.entities
+    specs = [ent.spec(e) for e in ent.in_merge_order(merged)]
     counts = {"deleted": 0, "restored": 0, "reinserted": 0}
     with write_as(actor), connection.cursor() as cur:
         # Inserted rows: this run wrote them and kept no before-image. Children first.

@@ -7,6 +7,7 @@ from integrations.models import (
     Integration,
     Mapping,
     MappingVersion,
+    SyncConflict,
     SyncDefinition,
 )
 
@@ -16,3 +17,4 @@ register_audit(Mapping)
 register_audit(MappingVersion)
 register_audit(SyncDefinition, mask=("inbound_secret",))
 register_audit(IdentityReview)
+register_audit(SyncConflict)

@@ -43,6 +43,7 @@ ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
         "integrations.SyncRun": "vac",
         "integrations.RecordError": "vc",
         "integrations.IdentityReview": "vc",
+        "integrations.SyncConflict": "vc",
         "schools.District": "vc",
         "schools.School": _ALL,
         "schools.AcademicSession": _ALL,

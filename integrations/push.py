@@ -1,0 +1,678 @@
+"""Bidirectional syncs: hub incidents pushed to the source under the definition's conflict policy.
+
+``run_push`` runs after a bidirectional run has merged what it pulled (see
+``services.run_execute``). It sends the hub's ``behavior.Incident`` rows that changed since the
+definition's ``push_cursor`` to the source through the connector's ``push("incident", rows)``
+(today only Ed-Fi writes; its ``fetch_incident`` and ``incident_values`` give the source's side).
+
+Which incidents: those of the run's district whose change version, or the change version of
+one of their actions, is above ``push_cursor`` and at or below a safe upper bound taken first
+(``safe_change_version``: a writer that has not committed yet cannot be skipped). An incident is
+pushable when its school and student both came from this integration's source system (their
+``source_id`` is what the source knows them by); others are skipped, counted and logged.
+
+What the source knows: an incident with lineage from this source (``source_id``
+``schoolId|incidentIdentifier``) is an update of that record; any other is new and gets the
+stable identifier ``BX{pk}``, so a push that is retried after a failure upserts the same record
+instead of creating a second one. After a successful push a new incident gets its lineage.
+
+Conflicts: ``push_at`` is when the last push step finished. A record changed in the hub
+(its or its action's ``updated_at``) and in the source (``_lastModifiedDate``) after that time,
+with values that now differ, is a conflict, settled by the definition's policy: source wins (the
+hub takes the source's date, time and behavior through the incident services), hub wins (push),
+newest wins (the side changed last; a tie goes to the source, the system of record), manual (a
+:class:`SyncConflict` row; neither side changes, and the record is not pushed while the conflict
+is open). A decision on a conflict moves that record's baseline to the decision time, so the
+state the admin chose is not itself taken for a new change on both sides.
+
+Why time is compared at all: the change version says the hub changed, but not when relative to
+the source, and the push itself changes the source's ``_lastModifiedDate``. ``push_at`` is
+therefore taken *after* the step's last write, and values are compared before anything is
+called a conflict, so a record the two sides agree on never is one.
+
+The cursor: per-row failures (the source refusing a record) become ``RecordError`` rows and stay
+above the cursor, which advances only to just below the lowest failed change version, so they
+are retried next run. When the source cannot be reached at all, nothing moves: the run's
+message says so and the next run starts from the same point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from django.core.exceptions import ValidationError
+from django.db.models import F, Max, Q, Value
+from django.db.models.functions import Coalesce, Greatest
+from django.utils import timezone
+
+from bxos.behavior import choices as bch
+from bxos.behavior.models import Descriptor, Incident, IncidentAction
+from bxos.common.audit import acting_as
+from bxos.common.db import safe_change_version
+from bxos.common.services import model_save, model_update, write_as
+from integrations import services
+from integrations.choices import ConflictPolicy, ErrorStatus, RunStatus
+from integrations.connectors.base import Connector, ConnectorError, PushResult
+from integrations.models import (
+    ConflictStatus,
+    Integration,
+    RecordError,
+    SyncConflict,
+    SyncDefinition,
+    SyncRun,
+)
+
+ENTITY = "incident"
+#: RecordError.file of errors the push wrote (the pipeline's own errors name the source file).
+PUSH_FILE = "push"
+#: Incidents read and pushed per batch (each needs a few requests to the source).
+BATCH = 200
+#: Samples kept in run.diff["push"] per outcome, and individual log lines per kind.
+SAMPLES_PER_OUTCOME = 10
+LOG_LINES_PER_KIND = 50
+
+_PROBLEM_PATH = re.compile(r"\$\.([A-Za-z0-9_.\[\]]+)")
+
+
+@dataclass
+class PushStats:
+    """What one push step did; ``as_dict`` is stored as ``run.diff["push"]``."""
+
+    pushed_created: int = 0
+    pushed_updated: int = 0
+    conflicts: int = 0
+    source_won: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unchanged: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    _per_outcome: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def sample(self, outcome: str, incident_id: int, source_id: str, note: str = "") -> None:
+        self._per_outcome[outcome] += 1
+        if self._per_outcome[outcome] <= SAMPLES_PER_OUTCOME:
+            item = {"outcome": outcome, "id": incident_id, "source_id": source_id}
+            if note:
+                item["note"] = note[:300]
+            self.samples.append(item)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pushed_created": self.pushed_created,
+            "pushed_updated": self.pushed_updated,
+            "conflicts": self.conflicts,
+            "source_won": self.source_won,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "unchanged": self.unchanged,
+            "samples": self.samples,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"push: {self.pushed_created} created, {self.pushed_updated} updated, "
+            f"{self.conflicts} conflicts ({self.source_won} taken from the source), "
+            f"{self.failed} failed, {self.skipped} skipped, {self.unchanged} unchanged"
+        )
+
+
+class _Capped:
+    """Log lines of one kind, individually up to a limit, then counted."""
+
+    def __init__(self, log: Callable[[str], None], kind: str) -> None:
+        self.log, self.kind, self.count = log, kind, 0
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        if self.count <= LOG_LINES_PER_KIND:
+            self.log(message)
+
+    def close(self) -> None:
+        if self.count > LOG_LINES_PER_KIND:
+            self.log(f"... and {self.count - LOG_LINES_PER_KIND} more {self.kind}")
+
+
+# --- The push step of a run ---------------------------------------------------------------------
+
+
+def run_push(*, run: SyncRun, connector: Connector, actor, log) -> PushStats:
+    """Push the hub's changed incidents to the source and record the outcome on ``run``.
+
+    Never raises for the source or a record: a source that cannot be reached leaves the cursor
+    where it was and says so in the run's message (the pull of this run stays committed).
+    """
+    definition = SyncDefinition.objects.select_related("integration").get(pk=run.definition_id)
+    integration = definition.integration
+    first_line = len(getattr(log, "lines", ()))
+    stats = PushStats()
+    failure = ""
+    with acting_as(actor):
+        if ENTITY not in connector.writes:
+            failure = f"{integration.name} cannot receive incidents"
+        else:
+            try:
+                _Push(run, definition, integration, connector, actor, log, stats).execute()
+            except ConnectorError as exc:
+                failure = f"{integration.name} could not be reached: {exc}"
+            except Exception as exc:  # a bug must not undo the committed pull or hide the cause
+                log(traceback.format_exc(limit=8))
+                failure = f"unexpected error: {type(exc).__name__}: {exc}"
+        if failure:
+            log(f"push failed: {failure}; the push cursor stays, the next run retries")
+        else:
+            log(stats.summary())
+        services._save_state(integration, connector)
+        _record_on_run(run, stats, failure, log, first_line)
+        if failure:
+            Integration.objects.filter(pk=integration.pk).update(
+                last_failure_at=timezone.now(), last_error=f"push: {failure}"[:2000]
+            )
+    return stats
+
+
+def _record_on_run(run: SyncRun, stats: PushStats, failure: str, log, first_line: int) -> None:
+    lines = list(getattr(log, "lines", ()))[first_line:]
+    run.diff = {**(run.diff or {}), "push": stats.as_dict()}
+    message = stats.summary()
+    if failure:
+        message += (
+            f"; the push did not finish: {failure}. Nothing more was sent; the next run "
+            "pushes from the same point"
+        )
+    run.message = f"{run.message}; {message}" if run.message else message
+    if lines:
+        run.log = (run.log + "\n" if run.log else "") + "\n".join(lines)
+    if (failure or stats.failed) and run.status == RunStatus.SUCCEEDED:
+        run.status = RunStatus.PARTIAL
+    run.failed_count = (run.failed_count or 0) + stats.failed
+    SyncRun.objects.filter(pk=run.pk).update(
+        diff=run.diff,
+        message=run.message,
+        log=run.log,
+        status=run.status,
+        failed_count=run.failed_count,
+    )
+
+
+@dataclass
+class _Candidate:
+    incident: Incident
+    version: int
+    changed_at: dt.datetime
+    row: dict[str, Any]
+    key: str
+    known: bool  # the incident has lineage from this source
+
+
+class _Push:
+    """One push step: select, decide per incident, send, then move the cursor."""
+
+    def __init__(self, run, definition, integration, connector, actor, log, stats) -> None:
+        self.run: SyncRun = run
+        self.definition: SyncDefinition = definition
+        self.integration: Integration = integration
+        self.connector = connector
+        self.actor = actor
+        self.log = log
+        self.stats: PushStats = stats
+        self.source = integration.source_system
+        self.push_at: dt.datetime | None = definition.push_at
+        self.failed_versions: list[int] = []
+        self.skips: dict[str, list[int]] = defaultdict(list)
+        self.log_conflict = _Capped(log, "conflicts")
+        self.log_failure = _Capped(log, "failures")
+
+    # -- selection
+
+    def execute(self) -> None:
+        cursor = self.definition.push_cursor
+        upper = safe_change_version()
+        self.log(
+            f"push: incidents changed after change version {cursor} (up to {upper}) to "
+            f"{self.integration.name}; policy for conflicts: "
+            f"{self.definition.get_conflict_policy_display()}"
+        )
+        earlier = RecordError.objects.filter(
+            definition=self.definition, entity=ENTITY, file=PUSH_FILE
+        ).exclude(run=self.run)
+        self.retry_keys = set(
+            earlier.filter(status=ErrorStatus.OPEN).values_list("source_id", flat=True)
+        )
+        self.dismissed = dict(
+            earlier.filter(status=ErrorStatus.DISMISSED)
+            .values_list("source_id")
+            .annotate(last=Max("created_at"))
+        )
+        conflicts = SyncConflict.objects.filter(definition=self.definition, entity=ENTITY)
+        self.open_conflicts = {c.object_id: c for c in conflicts.filter(status=ConflictStatus.OPEN)}
+        self.decided = dict(
+            conflicts.filter(decided_at__isnull=False)
+            .values_list("object_id")
+            .annotate(last=Max("decided_at"))
+        )
+        candidates = (
+            Incident.objects.filter(district_id=self.run.district_id)
+            .annotate(
+                action_version=Coalesce(Max("actions__change_version"), Value(0)),
+                action_changed=Max("actions__updated_at"),
+            )
+            .annotate(version=Greatest(F("change_version"), F("action_version")))
+            .filter(version__gt=cursor, version__lte=upper)
+            .select_related("school", "student", "problem_behavior")
+            .order_by("version")
+        )
+        last = cursor
+        while True:
+            batch = list(candidates.filter(version__gt=last)[:BATCH])
+            if not batch:
+                break
+            last = batch[-1].version
+            actions = _first_actions(i.pk for i in batch)
+            for incident in batch:
+                self._one(incident, actions.get(incident.pk))
+        for reason, ids in self.skips.items():
+            shown = ", ".join(f"#{i}" for i in ids[:20]) + (" ..." if len(ids) > 20 else "")
+            self.log(f"skipped {len(ids)} incident(s): {reason} ({shown})")
+        self.log_conflict.close()
+        self.log_failure.close()
+        self._commit(cursor, upper)
+
+    def _commit(self, cursor: int, upper: int) -> None:
+        # Everything up to the upper bound was decided, except failed rows: they stay above.
+        new_cursor = min(self.failed_versions) - 1 if self.failed_versions else upper
+        new_cursor = max(new_cursor, cursor)
+        SyncDefinition.objects.filter(pk=self.definition.pk).update(
+            push_cursor=new_cursor, push_at=timezone.now()
+        )
+        # Every earlier failure was above the cursor, so it was tried again just now; one that
+        # failed again has a new open error from this run.
+        RecordError.objects.filter(
+            definition=self.definition, entity=ENTITY, file=PUSH_FILE, status=ErrorStatus.OPEN
+        ).exclude(run=self.run).update(status=ErrorStatus.RETRIED)
+        self.log(f"push cursor: change version {cursor} -> {new_cursor}")
+
+    # -- one incident
+
+    def _one(self, incident: Incident, action: IncidentAction | None) -> None:
+        reason = self._unpushable(incident)
+        if reason:
+            self.skips[reason].append(incident.pk)
+            self.stats.skipped += 1
+            self.stats.sample("skipped", incident.pk, "", reason)
+            return
+        c = self._candidate(incident, action)
+        dismissed_at = self.dismissed.get(c.key)
+        if dismissed_at and c.changed_at <= dismissed_at:
+            self.skips["an admin dismissed its push error and it has not changed since"].append(
+                incident.pk
+            )
+            self.stats.skipped += 1
+            self.stats.sample("skipped", incident.pk, c.key, "push error dismissed")
+            return
+        if not c.known:
+            self._send(c)
+            return
+        try:
+            record = self.connector.fetch_incident(c.key)
+        except ValueError as exc:  # a lineage source id that is not schoolId|identifier
+            self._failed(c, str(exc), field_name="source_id")
+            return
+        if record is None:
+            self.log(
+                f"incident #{incident.pk}: {c.key} is not in the source (any more); sent again"
+            )
+            self._send(c)
+            return
+        values = self.connector.incident_values(record)
+        baseline = self._baseline(incident.pk)
+        hub_changed = baseline is None or c.changed_at > baseline
+        modified = values.get("modified_at")
+        source_changed = baseline is not None and modified is not None and modified > baseline
+        conflict = self.open_conflicts.get(incident.pk)
+        if conflict is not None:
+            # Waiting for an admin: keep both sides as they are, show the latest of each.
+            self._hold(c, record, conflict)
+            return
+        if _same(c.row, values):
+            # Both sides agree on what the source compares. Pushing still carries what it
+            # cannot compare (the student link and the action) when the hub changed.
+            if c.key in self.retry_keys or (hub_changed and self.push_at is not None):
+                self._send(c)
+            else:
+                self.stats.unchanged += 1
+            return
+        if hub_changed and source_changed:
+            self._conflict(c, record, values)
+        elif source_changed:
+            # Only the source changed since the last push: its newer values stand; the hub's
+            # older ones are not sent over them.
+            self.skips["changed only in the source since the last push"].append(incident.pk)
+            self.stats.skipped += 1
+            self.stats.sample("skipped", incident.pk, c.key, "changed only in the source")
+        else:
+            self._send(c)
+
+    def _baseline(self, incident_id: int) -> dt.datetime | None:
+        """Changes after this time are new: the last push, or a later decision on a conflict."""
+        decided = self.decided.get(incident_id)
+        if self.push_at is None:
+            return decided
+        return max(self.push_at, decided) if decided else self.push_at
+
+    def _unpushable(self, incident: Incident) -> str:
+        if incident.school.source_system != self.source or not incident.school.source_id:
+            return f"its school is not from {self.source}"
+        if incident.student.source_system != self.source or not incident.student.source_id:
+            return f"its student is not from {self.source}"
+        return ""
+
+    def _candidate(self, incident: Incident, action: IncidentAction | None) -> _Candidate:
+        known = incident.source_system == self.source and bool(incident.source_id)
+        key = (
+            incident.source_id
+            if known
+            else f"{incident.school.source_id}|{new_identifier(incident)}"
+        )
+        changed_at = incident.updated_at
+        if incident.action_changed and incident.action_changed > changed_at:
+            changed_at = incident.action_changed
+        return _Candidate(
+            incident=incident,
+            version=incident.version,
+            changed_at=changed_at,
+            row=incident_row(incident, action, key=key if known else ""),
+            key=key,
+            known=known,
+        )
+
+    # -- outcomes
+
+    def _send(self, c: _Candidate, note: str = "") -> None:
+        [result] = self.connector.push(ENTITY, [c.row])
+        if result.action == "failed":
+            self._failed(c, result.message, field_name=problem_field(result.message))
+            return
+        if result.action == "created":
+            self.stats.pushed_created += 1
+        else:
+            self.stats.pushed_updated += 1
+        self.stats.sample(f"pushed_{result.action}", c.incident.pk, result.source_id, note)
+        if not c.incident.source_system and not c.incident.source_id:
+            self._set_lineage(c, result)
+        elif not c.known:
+            # Lineage from another system stays: that system matches the incident by it. The
+            # stable identifier makes the next push an update of the same source record.
+            self.log(
+                f"incident #{c.incident.pk} came from {c.incident.source_system}; it was sent "
+                f"as {result.source_id} and keeps its lineage"
+            )
+
+    def _set_lineage(self, c: _Candidate, result: PushResult) -> None:
+        try:
+            with write_as(self.actor):
+                model_update(
+                    instance=c.incident,
+                    actor=self.actor,
+                    data={"source_system": self.source, "source_id": result.source_id},
+                    # Bookkeeping of where the record lives, not a change of the incident:
+                    # audited, but no event for subscribers.
+                    emit=False,
+                )
+        except ValidationError as exc:
+            self.log(
+                f"incident #{c.incident.pk} was sent as {result.source_id}, but its lineage "
+                f"could not be saved ({'; '.join(exc.messages)}); the next run sends it again"
+            )
+
+    def _failed(self, c: _Candidate, message: str, *, field_name: str = "") -> None:
+        self.stats.failed += 1
+        self.failed_versions.append(c.version)
+        self.stats.sample("failed", c.incident.pk, c.key, message)
+        self.log_failure(f"incident #{c.incident.pk} ({c.key}) failed: {message}")
+        RecordError.objects.create(
+            run=self.run,
+            definition=self.definition,
+            district_id=self.run.district_id,
+            entity=ENTITY,
+            file=PUSH_FILE,
+            field=field_name[:100],
+            reason=message,
+            source_id=c.key,
+        )
+
+    def _conflict(self, c: _Candidate, record: dict[str, Any], values: dict[str, Any]) -> None:
+        self.stats.conflicts += 1
+        policy = self.definition.conflict_policy
+        winner = {
+            ConflictPolicy.SOURCE_WINS: "source",
+            ConflictPolicy.HUB_WINS: "hub",
+        }.get(policy)
+        if policy == ConflictPolicy.NEWEST_WINS:
+            winner = "hub" if c.changed_at > values["modified_at"] else "source"
+        where = f"incident #{c.incident.pk} ({c.key}) changed in the hub and in the source"
+        if winner == "hub":
+            self.log_conflict(f"{where}; {policy_label(policy)}: the hub's version is sent")
+            self._send(c, note="conflict: hub kept")
+        elif winner == "source":
+            self.log_conflict(f"{where}; {policy_label(policy)}: the source's version is taken")
+            try:
+                take_source(c.incident, values, actor=self.actor, log=self.log)
+            except ValidationError as exc:
+                self._failed(
+                    c,
+                    "the source's version could not be saved in the hub: "
+                    + "; ".join(exc.messages),
+                    field_name=next(iter(getattr(exc, "error_dict", {}) or {}), ""),
+                )
+                return
+            self.stats.source_won += 1
+            self.stats.sample("source_won", c.incident.pk, c.key)
+        else:
+            self.log_conflict(f"{where}; waiting for an admin's decision (manual review)")
+            with write_as(self.actor):
+                conflict = SyncConflict(
+                    district_id=self.run.district_id,
+                    definition=self.definition,
+                    run=self.run,
+                    entity=ENTITY,
+                    object_id=c.incident.pk,
+                    source_id=c.key,
+                    hub=c.row,
+                    source=_jsonable(record),
+                )
+                model_save(instance=conflict, actor=self.actor, emit=False)
+            self.open_conflicts[c.incident.pk] = conflict
+            self.stats.sample("conflict", c.incident.pk, c.key, "manual review")
+
+    def _hold(self, c: _Candidate, record: dict[str, Any], conflict: SyncConflict) -> None:
+        self.stats.conflicts += 1
+        self.log_conflict(
+            f"incident #{c.incident.pk} ({c.key}) changed again while its conflict "
+            f"#{conflict.pk} waits for a decision; not sent"
+        )
+        conflict.hub, conflict.source, conflict.run = c.row, _jsonable(record), self.run
+        model_save(instance=conflict, actor=self.actor, fields=["hub", "source", "run"], emit=False)
+        self.stats.sample("conflict", c.incident.pk, c.key, f"conflict #{conflict.pk} open")
+
+
+# --- Rows and values ----------------------------------------------------------------------------
+
+
+def new_identifier(incident: Incident) -> str:
+    """The source identifier of an incident the source does not know yet: stable, so a retry
+    after a failure updates the record the failed attempt may have left."""
+    return f"BX{incident.pk}"
+
+
+def incident_row(incident: Incident, action: IncidentAction | None, *, key: str) -> dict[str, Any]:
+    """The row ``connector.push("incident", ...)`` expects (narratives are never included)."""
+    identifier = key.partition("|")[2] if key else new_identifier(incident)
+    return {
+        "source_id": key,
+        "school_source_id": incident.school.source_id,
+        "student_source_id": incident.student.source_id,
+        "incident_identifier": identifier,
+        "occurred_on": incident.occurred_on.isoformat(),
+        "occurred_at": incident.occurred_at.strftime("%H:%M:%S"),
+        "behavior_code": incident.problem_behavior.code,
+        "action_code": action.action.code if action else "",
+        "action_date": (action.start_date.isoformat() if action and action.start_date else None),
+        "duration_days": float(action.duration_days) if action else None,
+    }
+
+
+def _first_actions(incident_ids: Iterable[int]) -> dict[int, IncidentAction]:
+    first: dict[int, IncidentAction] = {}
+    actions = (
+        IncidentAction.objects.filter(incident_id__in=list(incident_ids))
+        .select_related("action")
+        .order_by("incident_id", F("start_date").asc(nulls_last=True), "id")
+    )
+    for action in actions:
+        first.setdefault(action.incident_id, action)
+    return first
+
+
+def _same(row: dict[str, Any], values: dict[str, Any]) -> bool:
+    return all(
+        row[name] == values.get(name) for name in ("occurred_on", "occurred_at", "behavior_code")
+    )
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v if v is None or isinstance(v, str | int | float | bool) else str(v)
+        for k, v in record.items()
+    }
+
+
+def problem_field(message: str) -> str:
+    """The first field an Ed-Fi problem detail names (``$.incidentDate`` -> ``incidentDate``)."""
+    match = _PROBLEM_PATH.search(message or "")
+    return match.group(1) if match else ""
+
+
+def policy_label(policy: str) -> str:
+    return str(ConflictPolicy(policy).label).lower()
+
+
+def take_source(incident: Incident, values: dict[str, Any], *, actor, log=None) -> Incident:
+    """Give the hub incident the source's date, time of day and (when the hub has the same
+    problem behavior at the incident's level) behavior, through the validated, audited write
+    the incident services use."""
+    data: dict[str, Any] = {}
+    if values.get("occurred_on"):
+        data["occurred_on"] = dt.date.fromisoformat(values["occurred_on"])
+    if values.get("occurred_at"):
+        data["occurred_at"] = dt.time.fromisoformat(values["occurred_at"])
+    code = values.get("behavior_code")
+    if code and code != incident.problem_behavior.code:
+        category = (
+            bch.DescriptorCategory.PROBLEM_BEHAVIOR_MAJOR
+            if incident.level == bch.IncidentLevel.MAJOR
+            else bch.DescriptorCategory.PROBLEM_BEHAVIOR_MINOR
+        )
+        descriptor = (
+            Descriptor.objects.filter(
+                Q(district=None) | Q(district_id=incident.district_id),
+                category=category,
+                code=code,
+                is_active=True,
+            )
+            .order_by(F("district_id").desc(nulls_last=True))
+            .first()
+        )
+        if descriptor is not None:
+            data["problem_behavior"] = descriptor
+        elif log is not None:
+            log(
+                f"incident #{incident.pk}: the source's behavior {code!r} has no {incident.level} "
+                "problem behavior in the hub; the hub's is kept"
+            )
+    with write_as(actor):
+        return model_update(instance=incident, actor=actor, data=data)
+
+
+# --- Conflicts an admin decides -----------------------------------------------------------------
+
+
+def conflict_resolve(
+    *, conflict: SyncConflict, keep: Literal["hub", "source"], actor
+) -> SyncConflict:
+    """Settle an open conflict: ``keep="hub"`` pushes the hub's current incident to the source,
+    ``keep="source"`` gives the hub the source's current values. Raises ValidationError saying
+    why when it cannot (the conflict then stays open)."""
+    if keep not in ("hub", "source"):
+        raise ValidationError({"keep": f"keep must be 'hub' or 'source', not {keep!r}"})
+    conflict = SyncConflict.objects.select_related("definition__integration").get(pk=conflict.pk)
+    if conflict.status != ConflictStatus.OPEN:
+        raise ValidationError(f"This conflict is already {conflict.get_status_display().lower()}.")
+    if conflict.entity != ENTITY:
+        raise ValidationError(f"Conflicts of {conflict.entity} cannot be resolved here.")
+    integration = conflict.definition.integration
+    incident = (
+        Incident.objects.filter(pk=conflict.object_id, district_id=conflict.district_id)
+        .select_related("school", "student", "problem_behavior")
+        .first()
+    )
+    if incident is None:
+        raise ValidationError(
+            f"Hub incident #{conflict.object_id} no longer exists; dismiss this conflict."
+        )
+    connector = services.connector_for(integration)
+    try:
+        with acting_as(actor):
+            if keep == "hub":
+                row = incident_row(
+                    incident, _first_actions([incident.pk]).get(incident.pk), key=conflict.source_id
+                )
+                [result] = connector.push(ENTITY, [row])
+                if result.action == "failed":
+                    raise ValidationError(
+                        f"{integration.name} refused the hub's version: {result.message}"
+                    )
+                status = ConflictStatus.RESOLVED_HUB
+            else:
+                record = connector.fetch_incident(conflict.source_id)
+                if record is None:
+                    raise ValidationError(
+                        f"{integration.name} no longer has {conflict.source_id}; keep the hub's "
+                        "version or dismiss this conflict."
+                    )
+                take_source(incident, connector.incident_values(record), actor=actor)
+                status = ConflictStatus.RESOLVED_SOURCE
+    except ConnectorError as exc:
+        raise ValidationError(f"{integration.name} could not be reached: {exc}") from exc
+    finally:
+        services._save_state(integration, connector)
+        connector.close()
+    return _decide(conflict, status, actor)
+
+
+def conflict_dismiss(*, conflict: SyncConflict, actor) -> SyncConflict:
+    """Leave both sides as they are and close the conflict (the record is pushed again when
+    the hub changes it next)."""
+    conflict = SyncConflict.objects.get(pk=conflict.pk)
+    if conflict.status != ConflictStatus.OPEN:
+        raise ValidationError(f"This conflict is already {conflict.get_status_display().lower()}.")
+    return _decide(conflict, ConflictStatus.DISMISSED, actor)
+
+
+def _decide(conflict: SyncConflict, status: str, actor) -> SyncConflict:
+    # The decision time becomes this record's baseline (see _Push._baseline), so taken after
+    # the write the decision made.
+    conflict.status = status
+    conflict.decided_by = actor if getattr(actor, "pk", None) else None
+    conflict.decided_at = timezone.now()
+    return model_save(
+        instance=conflict,
+        actor=actor,
+        fields=["status", "decided_by", "decided_at"],
+        emit=False,
+    )
