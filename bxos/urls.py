@@ -21,5 +21,6 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("integrations/", include("integrations.urls")),
     path("healthz", healthz, name="healthz"),
 ]

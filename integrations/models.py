@@ -377,7 +377,9 @@ class IdentityReview(FieldConstraintErrors, models.Model):
     integration = models.ForeignKey(
         Integration, on_delete=models.CASCADE, related_name="identity_reviews"
     )
-    run = models.ForeignKey(SyncRun, null=True, on_delete=models.SET_NULL, related_name="+")
+    run = models.ForeignKey(
+        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     entity = models.CharField(max_length=40)
     source_id = models.CharField(max_length=255)
     incoming = models.JSONField(help_text="The incoming record's mapped fields.")

@@ -331,3 +331,29 @@ def test_an_ambiguous_identity_goes_to_review_and_a_merge_is_reversible(
     services.identity_unmerge(review=review, actor=system)
     existing.refresh_from_db()
     assert existing.source_id == "" and existing.source_system != SOURCE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_console_command_runs_a_sync_with_a_progress_bar(north, system, media, tmp_path):
+    import io
+
+    from django.core.management import call_command
+
+    integration = services.integration_create(
+        district=north.district,
+        name="Console",
+        connector_type="oneroster_csv",
+        source_system=SOURCE,
+        params={"source": "upload"},
+        actor=system,
+    )
+    definition = services.definition_save(
+        definition=SyncDefinition(integration=integration, name="Console", entities=ENTITIES),
+        actor=system,
+    )
+    path = write_zip(tmp_path / "console.zip", build_roster(students=12))
+    out, err = io.StringIO(), io.StringIO()
+    call_command("sync_run", definition.pk, "--zip", str(path), stdout=out, stderr=err)
+    assert "succeeded" in out.getvalue(), out.getvalue()
+    assert students(north.district).count() == 12
+    assert "run #" in err.getvalue()  # tqdm writes the bar to stderr

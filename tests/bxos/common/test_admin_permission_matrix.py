@@ -26,6 +26,7 @@ from bxos.common.admin import GateMixin
 from bxos.common.models import AccessLogEntry
 from bxos.common.roles import ROLE_PERMISSIONS
 from bxos.schools import models as sm
+from integrations import models as im
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 ROLE_GROUP = {
@@ -54,6 +55,13 @@ def facts(obj):
         WebhookEvent,
         WebhookDelivery,
         WebhookAttempt,
+        # The sync engine is district admins' too.
+        im.Integration,
+        im.Crosswalk,
+        im.SyncDefinition,
+        im.SyncRun,
+        im.RecordError,
+        im.IdentityReview,
     ):
         return DISTRICT_WIDE
     if m is sm.School:
@@ -99,6 +107,8 @@ def district_of(obj) -> int | None:
         return obj.pk
     if isinstance(obj, WebhookAttempt):
         return obj.delivery.district_id
+    if isinstance(obj, im.SyncDefinition):
+        return obj.integration.district_id
     return obj.district_id
 
 
@@ -154,6 +164,8 @@ def objects_of(model, worlds):
         return list(model.objects.filter(district_id__in=ids))
     if model is WebhookAttempt:
         return list(model.objects.filter(delivery__district_id__in=ids))
+    if model is im.SyncDefinition:
+        return list(model.objects.filter(integration__district_id__in=ids))
     if model is bm.Descriptor:
         # District rows, plus a sample of the shipped defaults every district shares.
         return list(model.objects.filter(district_id__in=ids)) + list(
@@ -233,7 +245,57 @@ def worlds(north, south, client, system):
             status_code=500,
             response_body=b"boom",
         )
+        _integration_rows(w, system)
     return north, south
+
+
+def _integration_rows(w, system) -> None:
+    """An integration with a crosswalk, a definition, a run, a record error and a review."""
+    from bxos.common.services import model_create
+    from integrations import services as sync
+
+    integration = sync.integration_create(
+        district=w.district,
+        name=f"{w.code} SIS",
+        connector_type="oneroster_csv",
+        source_system=f"{w.code}-sis",
+        params={"source": "upload"},
+        actor=system,
+    )
+    model_create(
+        model=im.Crosswalk,
+        actor=system,
+        data={"district": w.district, "name": "race", "values": {"1": "HI7"}},
+        emit=False,
+    )
+    definition = sync.definition_save(
+        definition=im.SyncDefinition(integration=integration, name="Nightly", entities=["student"]),
+        actor=system,
+    )
+    run = im.SyncRun.objects.create(
+        definition=definition, district=w.district, mode="full", status="partial"
+    )
+    im.RecordError.objects.create(
+        run=run,
+        definition=definition,
+        district=w.district,
+        entity="student",
+        file="users.csv",
+        line=3,
+        field="grade_level",
+        reason="'13' is not a valid grade_level",
+        source_id="s3",
+    )
+    im.IdentityReview.objects.create(
+        district=w.district,
+        integration=integration,
+        run=run,
+        entity="student",
+        source_id="s9",
+        incoming={"first_name": w.a1.first_name},
+        candidate_id=w.a1.pk,
+        reason="same name and birth date",
+    )
 
 
 @pytest.mark.parametrize("role", list(ROLE_GROUP))
@@ -282,7 +344,13 @@ def test_admin_matrix(role, worlds, client):
             else:
                 assert response.status_code == 200, (role, model._meta.label, obj.pk)
                 editable = response.context["has_change_permission"]
-                assert editable == (role_can(role, model, "change") and not shipped(obj)), (
+                # Runs, record errors and reviews change only through their buttons (approve,
+                # roll back, dismiss, merge), which the change permission guards; the pages
+                # themselves are read-only.
+                page_editable = model not in (im.SyncRun, im.RecordError, im.IdentityReview)
+                assert editable == (
+                    role_can(role, model, "change") and not shipped(obj) and page_editable
+                ), (
                     role,
                     model._meta.label,
                 )
