@@ -59,6 +59,13 @@ def test_a_schedule_edited_in_the_admin_runs_the_sync(north, system, tmp_path):
     task.refresh_from_db()
     assert task.interval is None and task.crontab.hour == "2" and task.crontab.minute == "30"
     assert task.crontab.day_of_week == "1-5"
+    # And to every quarter hour. (django-celery-beat's scheduler leaves out crontab entries
+    # whose hour is far from now, so an every-hour schedule keeps this test independent of
+    # the time of day it runs at.)
+    definition.crontab = "*/15 * * * *"
+    services.definition_save(definition=definition, actor=system)
+    task.refresh_from_db()
+    assert task.crontab.minute == "*/15" and task.crontab.hour == "*"
     assert str(task.crontab.timezone) == north.district.time_zone
 
     # A private queue keeps a developer's own worker from taking it; the last run was long
