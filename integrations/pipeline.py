@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import logging
 import re
@@ -40,18 +39,16 @@ from typing import Any
 import psycopg
 from auditlog.models import LogEntry
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.utils import timezone
 from psycopg import sql as psql
 
 from bxos.common import events
-from bxos.common.audit import acting_as, audit_bulk
+from bxos.common.audit import audit_bulk
 from integrations import entities as ent
 from integrations import transforms
-from integrations.choices import ChangeOp, ErrorStatus, ReviewStatus, RunStatus
+from integrations.choices import ErrorStatus
 from integrations.connectors.base import ConnectorError, CsvFile, EntityRead, SourceRecord
-from integrations.models import IdentityReview, RecordError, RunChange, SyncRun
+from integrations.models import RecordError, RunChange, SyncRun
 
 logger = logging.getLogger(__name__)
 
@@ -416,16 +413,15 @@ class Stager:
     # -- records from an API
 
     def _stage_records(self, read: EntityRead, raw: str, needed: set[str]):
-        first = True
-        columns: list[str] = []
+        columns = sorted(needed)
         unknown: set[str] = set()
         count = 0
 
         def rows(records: Iterable[SourceRecord]) -> Iterator[list]:
             nonlocal count
             for position, record in enumerate(records, start=1):
-                if first_seen(record):
-                    pass
+                if len(unknown) < 50 and read.known_fields is not None:
+                    unknown.update(k for k in record.fields if k not in read.known_fields)
                 count += 1
                 yield [
                     record.line if record.line is not None else position,
@@ -435,16 +431,6 @@ class Stager:
                     *(_text(record.fields.get(c)) for c in columns),
                 ]
 
-        def first_seen(record: SourceRecord) -> bool:
-            nonlocal first
-            if len(unknown) < 50 and read.known_fields is not None:
-                unknown.update(k for k in record.fields if k not in read.known_fields)
-            if first:
-                first = False
-                return True
-            return False
-
-        columns = sorted(needed)
         cols = ", ".join(f"{q(c)} text" for c in columns)
         with connection.cursor() as cur:
             cur.execute(
@@ -1127,36 +1113,28 @@ class Merger:
         """A few rows per kind of change, for the run's diff and a held run's preview."""
         cols = self._compared_columns(spec)
         out: dict[str, list] = {}
+        staged = ", ".join(f"r.{q(c)}" for c in cols)
+        current = ", ".join(f"t.{q(c)}" for c in cols)
         for op in ("insert", "update"):
+            # The current row comes along in the same query (NULLs for inserts).
             cur.execute(
-                f"SELECT r._sid, r._hub_id, {', '.join(f'r.{q(c)}' for c in cols)} FROM {res} r "
+                f"SELECT r._sid, r._hub_id, {staged}, {current} FROM {res} r "
+                f"LEFT JOIN {q(spec.table)} t ON t.id = r._hub_id AND r._op = 'update' "
                 f"WHERE r._op = %s ORDER BY r._rid LIMIT {limit}",
                 [op],
             )
-            rows = cur.fetchall()
-            if not rows:
-                continue
             samples = []
-            for row in rows:
-                after = {c: _jsonable(v) for c, v in zip(cols, row[2:], strict=True)}
-                item = {"source_id": row[0], "after": after}
+            for row in cur.fetchall():
+                values = [_jsonable(v) for v in row[2:]]
+                after = dict(zip(cols, values[: len(cols)], strict=True))
                 if op == "update" and row[1]:
-                    cur.execute(
-                        f"SELECT {', '.join(q(c) for c in cols)} FROM {q(spec.table)} "
-                        "WHERE id = %s",
-                        [row[1]],
-                    )
-                    before_row = cur.fetchone()
-                    before = {c: _jsonable(v) for c, v in zip(cols, before_row, strict=True)}
-                    item = {
-                        "source_id": row[0],
-                        "id": row[1],
-                        "changes": {
-                            c: [before[c], after[c]] for c in cols if before[c] != after[c]
-                        },
-                    }
-                samples.append(item)
-            out[op] = samples
+                    before = dict(zip(cols, values[len(cols) :], strict=True))
+                    changes = {c: [before[c], after[c]] for c in cols if before[c] != after[c]}
+                    samples.append({"source_id": row[0], "id": row[1], "changes": changes})
+                else:
+                    samples.append({"source_id": row[0], "after": after})
+            if samples:
+                out[op] = samples
         if removal_ids:
             cur.execute(
                 f"SELECT id, source_id FROM {q(spec.table)} WHERE id = ANY(%s) "
@@ -1185,12 +1163,9 @@ class Merger:
                 [self.run.pk, spec.table, op, removal_ids],
             )
 
-    def _set_columns(self, spec) -> list[str]:
-        return self._compared_columns(spec)
-
     def _apply_updates(self, cur, spec, res, p) -> tuple[int, int]:
         table = q(spec.table)
-        cols = self._set_columns(spec)
+        cols = self._compared_columns(spec)
         if spec.effective_dated:
             # Close the current row and open a new one from today; a row opened today is
             # corrected in place.
@@ -1243,7 +1218,7 @@ class Merger:
         return out
 
     def _apply_inserts(self, cur, spec, res, p) -> tuple[int, int]:
-        cols = self._set_columns(spec)
+        cols = self._compared_columns(spec)
         defaults = self._insert_defaults(spec)
         names = [*cols, *defaults]
         values = [f"r.{q(c)}" for c in cols] + list(defaults.values())
@@ -1481,31 +1456,3 @@ def errors_superseded(run: SyncRun) -> None:
 def forget_older_images(run: SyncRun) -> None:
     """Before-images are kept until the next run of the same definition succeeds."""
     RunChange.objects.filter(run__definition_id=run.definition_id).exclude(run=run).delete()
-
-
-def open_reviews(integration_id: int) -> int:
-    return IdentityReview.objects.filter(
-        integration_id=integration_id, status=ReviewStatus.OPEN
-    ).count()
-
-
-def acting(actor):
-    return acting_as(actor)
-
-
-__all__ = [
-    "ChangeOp",
-    "Held",
-    "Merger",
-    "Progress",
-    "RunStatus",
-    "Staged",
-    "Stager",
-    "ValidationError",
-    "drop_staging",
-    "errors_superseded",
-    "forget_older_images",
-    "io",
-    "settings",
-    "timezone",
-]

@@ -167,11 +167,11 @@ def run_push(*, run: SyncRun, connector: Connector, actor, log) -> PushStats:
             log(f"push failed: {failure}; the push cursor stays, the next run retries")
         else:
             log(stats.summary())
-        services._save_state(integration, connector)
+        services.connector_state_save(integration, connector)
         _record_on_run(run, stats, failure, log, first_line)
         if failure:
-            Integration.objects.filter(pk=integration.pk).update(
-                last_failure_at=timezone.now(), last_error=f"push: {failure}"[:2000]
+            services.integration_health_record(
+                integration, ok=False, error=f"push: {failure}", counts=False
             )
     return stats
 
@@ -650,7 +650,7 @@ def conflict_resolve(
     except ConnectorError as exc:
         raise ValidationError(f"{integration.name} could not be reached: {exc}") from exc
     finally:
-        services._save_state(integration, connector)
+        services.connector_state_save(integration, connector)
         connector.close()
     return _decide(conflict, status, actor)
 

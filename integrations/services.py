@@ -166,7 +166,8 @@ def connector_for(integration: Integration, *, log=None, progress=None) -> Conne
     return connector_cls(params=params, state=_state(integration), log=log, progress=progress)
 
 
-def _save_state(integration: Integration, connector: Connector) -> None:
+def connector_state_save(integration: Integration, connector: Connector) -> None:
+    """Keep the connector's memory between runs (a cached token)."""
     # The connector's memory (a cached token) is not an edit worth an audit entry.
     # update() encrypts through the field, like save().
     Integration.objects.filter(pk=integration.pk).update(state=json.dumps(connector.state))
@@ -183,7 +184,7 @@ def integration_test(*, integration: Integration, actor) -> tuple[bool, str]:
         message, ok = f"unexpected error: {type(exc).__name__}: {exc}", False
     finally:
         connector.close()
-    _save_state(integration, connector)
+    connector_state_save(integration, connector)
     integration.last_test_at = timezone.now()
     integration.last_test_message = ("OK: " if ok else "Failed: ") + message
     model_save(
@@ -476,7 +477,10 @@ def _circuit_allows(integration: Integration) -> str | None:
     )
 
 
-def _record_health(integration: Integration, *, ok: bool, error: str = "", counts: bool) -> None:
+def integration_health_record(
+    integration: Integration, *, ok: bool, error: str = "", counts: bool
+) -> None:
+    """A run's outcome on the integration's health; ``counts``: it counts for the circuit."""
     now = timezone.now()
     if ok:
         Integration.objects.filter(pk=integration.pk).update(
@@ -534,7 +538,7 @@ def run_execute(*, run: SyncRun, actor=None) -> SyncRun:
     try:
         with acting_as(actor):
             staged = _read_and_stage(run, connector, stager, progress, log)
-            _save_state(integration, connector)
+            connector_state_save(integration, connector)
             pushes = definition.direction == Direction.BIDIRECTIONAL and bool(connector.writes)
             run = _merge(
                 run,
@@ -549,7 +553,7 @@ def run_execute(*, run: SyncRun, actor=None) -> SyncRun:
                 _push_and_announce(run, connector, actor, log)
             return run
     except ConnectorError as exc:
-        _save_state(integration, connector)
+        connector_state_save(integration, connector)
         counts = exc.kind in ("credentials", "unavailable")
         return _finish_failed(run, log, str(exc), counts=counts, warnings=stager.warnings)
     except ValidationError as exc:
@@ -649,10 +653,10 @@ def _merge(
         )
         with write_as(actor):
             _emit_run(run, "sync_run.held")
-        _record_health(definition.integration, ok=True, counts=False)
+        integration_health_record(definition.integration, ok=True, counts=False)
         return run
     pipeline.drop_staging(run)
-    _record_health(definition.integration, ok=True, counts=False)
+    integration_health_record(definition.integration, ok=True, counts=False)
     return run
 
 
@@ -691,7 +695,7 @@ def _finish_failed(run, log, message: str, *, counts: bool, warnings=()) -> Sync
     run.save()
     pipeline.drop_staging(run)
     integration = Integration.objects.get(pk=run.definition.integration_id)
-    _record_health(integration, ok=False, error=message, counts=counts)
+    integration_health_record(integration, ok=False, error=message, counts=counts)
     from bxos.common.audit import system_actor
 
     with write_as(system_actor()):
@@ -804,6 +808,14 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
     merged = [e for e in run.diff if e in ent.BY_NAME] or run.definition.entities
     specs = [ent.spec(e) for e in ent.in_merge_order(merged)]
     counts = {"deleted": 0, "restored": 0, "reinserted": 0}
+    note = f"rollback of sync run #{run.pk}"
+
+    def audit(spec, action, count: int) -> None:
+        if count:
+            audit_bulk(
+                model=spec.model, action=action, object_ids=[], count=count, actor=actor, note=note
+            )
+
     with write_as(actor), connection.cursor() as cur:
         # Inserted rows: this run wrote them and kept no before-image. Children first.
         for spec in reversed(specs):
@@ -816,6 +828,7 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
                         [run.pk, run.pk, spec.table],
                     )
                     counts["deleted"] += cur.rowcount
+                    audit(spec, LogEntry.Action.DELETE, cur.rowcount)
             except Exception as exc:
                 raise ValidationError(
                     f"Cannot roll back: {spec.label.lower()} this run created are now used by "
@@ -837,6 +850,7 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
                 [run.pk, spec.table],
             )
             counts["restored"] += cur.rowcount
+            audit(spec, LogEntry.Action.UPDATE, cur.rowcount)
             names = ", ".join(pipeline.q(c) for c in ["id", *columns])
             picks = ", ".join(f"(p).{pipeline.q(c)}" for c in ["id", *columns])
             cur.execute(
@@ -847,14 +861,7 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
                 [run.pk, spec.table],
             )
             counts["reinserted"] += cur.rowcount
-            audit_bulk(
-                model=spec.model,
-                action=LogEntry.Action.UPDATE,
-                object_ids=[],
-                count=counts["restored"],
-                actor=actor,
-                note=f"rollback of sync run #{run.pk}",
-            )
+            audit(spec, LogEntry.Action.CREATE, cur.rowcount)
         SyncDefinition.objects.filter(pk=run.definition_id).update(cursor=run.cursor_before)
         RunChange.objects.filter(run=run).delete()
         run.status = RunStatus.ROLLED_BACK

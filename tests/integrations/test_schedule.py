@@ -3,18 +3,13 @@ worker: the definition's beat entry is due, beat sends it, a worker process runs
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+from django_celery_beat.schedulers import DatabaseScheduler
 
 from bxos.celery import app as celery_app
 from bxos.schools.models import Student
@@ -22,13 +17,12 @@ from integrations import services
 from integrations.choices import RunStatus, RunTrigger, ScheduleKind
 from integrations.models import SyncDefinition, SyncRun
 from integrations.sample import build_roster, write_zip
-from tests.bxos.common.test_celery_worker import _check_broker
+from tests.celery_worker import celery_worker
 
 
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_a_schedule_edited_in_the_admin_runs_the_sync(north, system, tmp_path):
-    _check_broker()
     drop = tmp_path / "drop"
     drop.mkdir()
     write_zip(drop / "nightly.zip", build_roster(students=8))
@@ -70,57 +64,22 @@ def test_a_schedule_edited_in_the_admin_runs_the_sync(north, system, tmp_path):
 
     # A private queue keeps a developer's own worker from taking it; the last run was long
     # ago, so beat finds the entry due now.
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    PeriodicTask.objects.filter(pk=task.pk).update(
-        queue=queue, last_run_at=timezone.now() - timedelta(days=7)
-    )
-    env = {**os.environ, "BXOS_DB_NAME": connection.settings_dict["NAME"]}
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bxos",
-            "worker",
-            "--pool",
-            "solo",
-            "--queues",
-            queue,
-            "--loglevel",
-            "WARNING",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname",
-            f"{queue}@%h",
-        ],
-        env=env,
-        cwd=settings.BASE_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        from django_celery_beat.schedulers import DatabaseScheduler
-
+    with celery_worker() as worker:
+        PeriodicTask.objects.filter(pk=task.pk).update(
+            queue=worker.queue, last_run_at=timezone.now() - timedelta(days=7)
+        )
         scheduler = DatabaseScheduler(app=celery_app, lazy=False)
         entry = scheduler.schedule[task.name]
         assert entry.is_due().is_due, "beat does not see the definition's schedule as due"
         scheduler.apply_entry(entry, producer=None)
         deadline = time.monotonic() + 90
         run = None
-        while time.monotonic() < deadline and worker.poll() is None:
+        while time.monotonic() < deadline and worker.alive():
             run = SyncRun.objects.filter(definition=definition).first()
             if run and run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
                 break
             time.sleep(0.5)
-    finally:
-        worker.terminate()
-        try:
-            output = worker.communicate(timeout=20)[0].decode(errors="replace")
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            output = worker.communicate()[0].decode(errors="replace")
+    output = worker.output
     assert run is not None, f"no run was started; worker output:\n{output}"
     assert run.trigger == RunTrigger.SCHEDULE
     assert run.status == RunStatus.SUCCEEDED, (run.message, output[-2000:])
