@@ -8,6 +8,7 @@ See README.md, "Configuration", for every variable.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import environ
@@ -114,6 +115,13 @@ else:
         }
     }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
+# Each session is named after its process (pg_stat_activity then tells a web process from a
+# worker or a test run), which is how an operator finds the transaction holding back the
+# events pull (webhooks.api.settled_event_id) or a lock.
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+    "application_name",
+    " ".join(["bxos", Path(sys.argv[0]).name, *sys.argv[1:2]])[:63],
+)
 DATABASES["default"]["TEST"] = {"NAME": env.str("BXOS_TEST_DB_NAME", default="test_bxos")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -575,8 +575,38 @@ def test_the_api_catalogue_lists_the_webhook_endpoints(db):
 # --- the pull backstop -----------------------------------------------------------------
 
 
+def _no_other_writers(wait_seconds: float = 30) -> None:
+    """Wait until no other session of the test database is inside a writing transaction.
+
+    The pull holds back every event newer than the oldest such transaction (it might still
+    commit an older event id), so a session left writing by an earlier test or a process it
+    started would empty these pulls. This waits for one that is finishing, and names one that
+    never does, instead of failing on an empty pull with no clue.
+    """
+    import time
+
+    from django.db import connection
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT pid, application_name, state, xact_start, left(query, 300) "
+                "FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+            )
+            writers = cursor.fetchall()
+        if not writers:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"sessions left inside writing transactions hold the pull back: {writers}")
+        time.sleep(0.2)
+
+
 def _events(north, south, system):
     """Events of both districts: students of schools A and B, an incident, an operational one."""
+    _no_other_writers()
     district_endpoint(north, system)
     district_endpoint(south, system)
     rename(north.a1, system, "A one")  # school A
