@@ -190,6 +190,12 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# kombu reads 0 as "never retry": None keeps the worker reconnecting after a broker restart.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Remote control's (and gossip's) temporary queues make a Celery 5 worker on Redis exit on a
+# broker restart while it holds an unacknowledged message (celery/kombu#582); nothing here uses
+# `celery inspect` or `control`. Workers also run with --without-gossip (runstack passes it).
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 
 # --- The vendor API ----------------------------------------------------------------------------
 REST_FRAMEWORK = {

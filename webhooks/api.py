@@ -18,12 +18,12 @@ through the vendor API".
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -130,7 +130,11 @@ def instant(name: str, raw: str) -> datetime:
         raise BadParameter(
             name, f"must be an RFC 3339 time with an offset, e.g. 2026-10-14T09:30:00Z, not {raw!r}"
         )
-    return value
+    try:
+        # In UTC: RFC 3339 allows offsets up to 23:59, PostgreSQL only up to 15:59.
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise BadParameter(name, f"is out of range once in UTC: {raw!r}") from None
 
 
 def known_event_types(name: str, raw: str) -> list[str]:
@@ -344,7 +348,8 @@ class EndpointViewSet(ManageView, IdempotentWrites, viewsets.ViewSet):
         operation_id="webhooks_endpoints_destroy",
         summary="Delete a webhook endpoint",
         description=f"Needs the scope `{WEBHOOKS_MANAGE}`. Its open deliveries are cancelled; "
-        "its deliveries are no longer listed to the client.",
+        "all its deliveries stay listed under /webhooks/deliveries with `endpointDeleted: true` "
+        "(and its id as `endpointId`).",
         tags=[TAG],
         parameters=[ID],
         responses={
@@ -402,10 +407,18 @@ class EndpointViewSet(ManageView, IdempotentWrites, viewsets.ViewSet):
 
 # --- deliveries --------------------------------------------------------------------------
 
-DELIVERY_FILTERS = {"endpointId", "eventType", "status", "since", "until"}
+DELIVERY_FILTERS = {"endpointId", "endpointDeleted", "eventType", "status", "since", "until"}
 DELIVERY_FILTER_PARAMS = [
     OpenApiParameter(
-        "endpointId", {"type": "integer", "minimum": 1}, description="Only this endpoint's."
+        "endpointId",
+        {"type": "integer", "minimum": 1},
+        description="Only this endpoint's (also one the client has deleted).",
+    ),
+    OpenApiParameter(
+        "endpointDeleted",
+        bool,
+        description="`true`: only the deliveries of endpoints the client has deleted; "
+        "`false`: only those of its current endpoints. Default: both.",
     ),
     OpenApiParameter("eventType", str, description="Only events of these types (comma-separated)."),
     OpenApiParameter(
@@ -428,9 +441,17 @@ class DeliveryViewSet(ManageView, IdempotentWrites, viewsets.ViewSet):
     """Deliveries to the client's own endpoints, their attempts, and replays."""
 
     def _queryset(self, request):
+        """The client's own: of its endpoints, and of the endpoints it has deleted (each
+        delivery keeps the client of its deleted endpoint), never another client's."""
         client = request.user
+        # The ids as a list (a client has a handful): an OR with a subquery would scan every
+        # delivery; with a list each side is an index scan.
+        own = list(WebhookEndpoint.objects.filter(client=client).values_list("pk", flat=True))
         return (
-            WebhookDelivery.objects.filter(endpoint__client=client, district_id=client.district_id)
+            WebhookDelivery.objects.filter(
+                Q(endpoint_id__in=own) | Q(deleted_endpoint_client=client),
+                district_id=client.district_id,
+            )
             .annotate(event_type=F("event__type"))
             .defer("body")
         )
@@ -445,7 +466,12 @@ class DeliveryViewSet(ManageView, IdempotentWrites, viewsets.ViewSet):
     def _filtered(self, request, queryset):
         params = request.query_params
         if (raw := params.get("endpointId")) is not None:
-            queryset = queryset.filter(endpoint_id=an_id("endpointId", raw))
+            pk = an_id("endpointId", raw)
+            queryset = queryset.filter(Q(endpoint_id=pk) | Q(deleted_endpoint_id=pk))
+        if (raw := params.get("endpointDeleted")) is not None:
+            if raw not in ("true", "false"):
+                raise BadParameter("endpointDeleted", f"must be true or false, not {raw!r}")
+            queryset = queryset.filter(endpoint__isnull=raw == "true")
         if (raw := params.get("eventType")) is not None:
             queryset = queryset.filter(event__type__in=known_event_types("eventType", raw))
         if (raw := params.get("status")) is not None:
@@ -464,7 +490,8 @@ class DeliveryViewSet(ManageView, IdempotentWrites, viewsets.ViewSet):
         operation_id="webhooks_deliveries_list",
         summary="List deliveries to the client's endpoints",
         description=f"Needs the scope `{WEBHOOKS_MANAGE}`. Ordered by id (oldest first). "
-        "Deliveries of a deleted endpoint are no longer listed.",
+        "Deliveries of endpoints the client has deleted are listed too, with "
+        "`endpointDeleted: true` (their open ones were cancelled); `endpointDeleted` filters.",
         tags=[TAG],
         parameters=[*PAGING, *DELIVERY_FILTER_PARAMS],
         responses={
@@ -586,8 +613,10 @@ class DeliveryViewSet(ManageView, IdempotentWrites, viewsets.ViewSet):
         data = s.RecoverInSerializer(data=self._body(request))
         data.is_valid(raise_exception=True)
         v = data.validated_data
+        # A deleted endpoint's deliveries cannot be sent: they are not candidates (counted as
+        # refused, they would come back on every call).
         queryset = self._queryset(request).filter(
-            status=DeliveryStatus.FAILED, finished_at__gte=v["since"]
+            status=DeliveryStatus.FAILED, finished_at__gte=v["since"], endpoint__isnull=False
         )
         if "endpointId" in v:
             owned = WebhookEndpoint.objects.filter(

@@ -1,15 +1,18 @@
 """Sending: claim due deliveries, send them concurrently, record what happened.
 
-1. Claim: one UPDATE over a ``FOR UPDATE SKIP LOCKED`` selection marks due deliveries as leased
-   for ``LEASE_SECONDS`` (longer than the slowest possible request), at most ``max_in_flight``
-   per endpoint counting those already leased, and, for ordered endpoints, only the oldest open
+1. Claim: a ``FOR UPDATE SKIP LOCKED`` selection of due deliveries, then an UPDATE that marks
+   them leased for ``LEASE_SECONDS`` (longer than the slowest possible request), at most
+   ``max_in_flight`` per endpoint counting those already leased (under a per-endpoint claim
+   lock, so the limit holds across workers), and, for ordered endpoints, only the oldest open
    delivery per record. Any number of workers can claim at once without sharing a row.
 2. Send: outside any transaction, concurrently (asyncio), through the SSRF-guarded client,
    signed per Standard Webhooks with every active secret of the endpoint.
 3. Record: one transaction per batch: the attempts, each delivery's next state and retry time
    (in the row, never in a Celery countdown), the endpoint's health. A handful of statements
    whatever the batch size: the attempts in one INSERT, the deliveries in one UPDATE (only the
-   rows whose lease is still ours), the endpoints' health in one UPDATE.
+   rows whose lease is still ours), the endpoints' health in one UPDATE. Health changes of
+   state (failing, recovered, exhausted, disabled) go through webhooks.services, audited as
+   the system actor; a batch that changes no state writes no audit entry.
 4. Reap: a lease that expired (its worker died) goes back to pending; the receiver may get the
    event twice, with the same ``webhook-id``. At least once, never lost.
 """
@@ -34,7 +37,7 @@ from django.utils import timezone
 from bxos.common import outbound
 from bxos.common.aio import run_coroutine
 from bxos.common.outbound import OutboundResult, asend, outbound_async_client
-from webhooks import notifications, payloads, signing
+from webhooks import notifications, payloads, services, signing
 from webhooks.choices import DeliveryStatus
 from webhooks.models import (
     WebhookAttempt,
@@ -49,9 +52,28 @@ logger = logging.getLogger(__name__)
 # Answers after which a receiver is given at least a minute (and its Retry-After, if longer).
 THROTTLED = {429, 502, 503, 504}
 
-_CLAIM = """
-WITH candidates AS (
-    SELECT d.id, d.endpoint_id, d.next_attempt_at
+# Claiming is two statements in one transaction, so that ``max_in_flight`` holds however many
+# workers claim at once (see docs/development/decisions.md, "max_in_flight is enforced by a
+# per-endpoint claim lock"):
+#
+# 1. Pick due rows (FOR UPDATE SKIP LOCKED: no two claimers share a row) and take each of their
+#    endpoints' claim lock, a transaction-scoped advisory lock. ``pg_try_advisory_xact_lock``
+#    never waits: an endpoint another claimer holds is left to it this round (it is leasing
+#    that endpoint's rows right now), so there is no lock order to get wrong and no deadlock.
+# 2. Count each locked endpoint's leased rows and lease at most the room left. This statement's
+#    snapshot is taken after the locks were granted, so it sees every lease committed by the
+#    claimers that held them before; nobody else leases for those endpoints until we commit.
+#    (Counting in the same statement as the locking would read the older snapshot: two
+#    claimers would each see the other's leases missing and lease max_in_flight each.)
+#
+# Only claims lease rows; settling, the reaper and deletion only ever free room, which a
+# concurrent count may miss only on the safe side. Needs READ COMMITTED (Django's default):
+# a transaction snapshot would be taken by statement 1, before the locks.
+CLAIM_LOCK_SPACE = 0x5748_4B31  # "WHK1": the advisory-lock key space of endpoint claims
+
+_PICK = """
+WITH candidates AS MATERIALIZED (
+    SELECT d.id, d.endpoint_id
     FROM webhooks_webhookdelivery d
     JOIN webhooks_webhookendpoint e ON e.id = d.endpoint_id
     WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND e.active
@@ -62,13 +84,25 @@ WITH candidates AS (
     ORDER BY d.next_attempt_at, d.id
     LIMIT %(scan)s
     FOR UPDATE OF d SKIP LOCKED
-), ranked AS (
-    SELECT c.id, c.next_attempt_at,
-           row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS n,
-           e.max_in_flight - (
+), locked AS MATERIALIZED (
+    SELECT endpoint_id FROM (SELECT DISTINCT endpoint_id FROM candidates) AS k
+    WHERE pg_try_advisory_xact_lock(%(space)s, (endpoint_id %% 2147483647)::integer)
+)
+SELECT c.id, c.endpoint_id FROM candidates c JOIN locked USING (endpoint_id)
+"""
+
+_LEASE = """
+WITH room AS (
+    SELECT e.id, e.max_in_flight - (
                SELECT count(*) FROM webhooks_webhookdelivery l
-               WHERE l.endpoint_id = c.endpoint_id AND l.status = 'leased') AS room
-    FROM candidates c JOIN webhooks_webhookendpoint e ON e.id = c.endpoint_id
+               WHERE l.endpoint_id = e.id AND l.status = 'leased') AS room
+    FROM webhooks_webhookendpoint e
+    WHERE e.id = ANY(%(endpoints)s::bigint[]) AND e.active
+), ranked AS (
+    SELECT d.id, d.next_attempt_at, r.room,
+           row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS n
+    FROM webhooks_webhookdelivery d JOIN room r ON r.id = d.endpoint_id
+    WHERE d.id = ANY(%(ids)s::bigint[]) AND d.status = 'pending'
 ), chosen AS (
     SELECT id FROM ranked WHERE n <= room ORDER BY next_attempt_at, id LIMIT %(limit)s
 )
@@ -93,19 +127,6 @@ FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(attempts)s::integer[],
      AS v(id, status, attempts, next_attempt_at, finished_at, last_status_code, last_error)
 WHERE d.id = v.id AND d.status = 'leased' AND d.leased_by = %(lease)s
 """
-
-# Endpoint health of a batch in one statement (not through save(): these are counters, not
-# settings, so they are not written to the audit log; a disable still is).
-_HEALTH = """
-UPDATE webhooks_webhookendpoint e
-SET last_success_at = v.last_success_at, failing_since = v.failing_since,
-    exhausted_notified_at = v.exhausted_notified_at
-FROM unnest(%(ids)s::bigint[], %(success)s::timestamptz[], %(failing)s::timestamptz[],
-            %(exhausted)s::timestamptz[]) AS v(id, last_success_at, failing_since,
-            exhausted_notified_at)
-WHERE e.id = v.id
-"""
-HEALTH_FIELDS = ("last_success_at", "failing_since", "exhausted_notified_at")
 
 
 @dataclass
@@ -138,11 +159,23 @@ def reap_expired_leases() -> int:
 
 
 def claim(limit: int) -> tuple[str, list[int]]:
+    """Lease up to ``limit`` due deliveries, never more than an endpoint's ``max_in_flight``
+    leased at once across every worker; returns the lease name and the leased ids."""
     lease = f"{uuid.uuid4().hex[:12]}"
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_PICK, {"scan": limit * 4, "space": CLAIM_LOCK_SPACE})
+        picked = cursor.fetchall()
+        if not picked:
+            return lease, []
         cursor.execute(
-            _CLAIM,
-            {"scan": limit * 4, "limit": limit, "lease": lease, "seconds": conf("LEASE_SECONDS")},
+            _LEASE,
+            {
+                "ids": [row[0] for row in picked],
+                "endpoints": sorted({row[1] for row in picked}),
+                "limit": limit,
+                "lease": lease,
+                "seconds": conf("LEASE_SECONDS"),
+            },
         )
         ids = [row[0] for row in cursor.fetchall()]
     return lease, ids
@@ -292,45 +325,35 @@ def _record(jobs: list[Job], lease: str) -> list:
         }
         health = {pk: _health(e) for pk, e in endpoints.items()}
         states = []
+        failures: dict[int, str] = {}  # each endpoint's first failure of the batch
         for job in jobs:
             endpoint = endpoints[job.endpoint.pk]
             state, job_notices = _settle(job, endpoint, now)
             states.append((job, state))
             notices.extend(job_notices)
+            if not _succeeded(job.result):
+                failures.setdefault(endpoint.pk, _failure_text(job.result))
         # Only if still ours: a lease that expired and was claimed again belongs to that worker.
         with connection.cursor() as cursor:
             cursor.execute(_SETTLE, _settle_params(states, lease))
+        # State changes go through the services, audited as the system actor; the health
+        # bookkeeping of every other endpoint is one UPDATE with no audit entry.
         disabled = {endpoint_id for kind, endpoint_id, _ in notices if kind == "disabled"}
         for endpoint_id in disabled:
-            endpoint = endpoints[endpoint_id]
-            # Its open deliveries wait for a re-enable (those of this batch included).
-            WebhookDelivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING).update(
-                status=DeliveryStatus.HELD
-            )
-            endpoint.save(
-                update_fields=["active", "disabled_at", "disabled_reason", *HEALTH_FIELDS]
-            )
-            announce_disabled(endpoint)
-        changed = [
-            e for pk, e in endpoints.items() if pk not in disabled and _health(e) != health[pk]
-        ]
-        if changed:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    _HEALTH,
-                    {
-                        "ids": [e.pk for e in changed],
-                        "success": [e.last_success_at for e in changed],
-                        "failing": [e.failing_since for e in changed],
-                        "exhausted": [e.exhausted_notified_at for e in changed],
-                    },
-                )
+            services.webhook_endpoint_disable_unhealthy(endpoint=endpoints[endpoint_id])
+        services.webhook_endpoints_health_save(
+            updates=[
+                services.HealthUpdate(endpoint=e, before=health[pk], failure=failures.get(pk, ""))
+                for pk, e in endpoints.items()
+                if pk not in disabled and _health(e) != health[pk]
+            ]
+        )
         _disclose(jobs)
     return notices
 
 
 def _health(endpoint: WebhookEndpoint) -> tuple:
-    return tuple(getattr(endpoint, name) for name in HEALTH_FIELDS)
+    return tuple(getattr(endpoint, name) for name in services.HEALTH_FIELDS)
 
 
 def _settle_params(states: list[tuple[Job, dict]], lease: str) -> dict:

@@ -123,6 +123,12 @@ class WebhookEndpoint(FieldConstraintErrors, models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def get_additional_data(self) -> dict | None:
+        """django-auditlog stores this with each entry of this endpoint: why a service changed
+        it (``audit_note``, set by webhooks.services around a save), when it says."""
+        note = getattr(self, "audit_note", "")
+        return {"reason": note} if note else None
+
 
 class WebhookSecret(models.Model):
     """A signing secret (``whsec_`` + 32 random bytes, base64), encrypted at rest.
@@ -191,6 +197,19 @@ class WebhookDelivery(models.Model):
         related_name="deliveries",
     )
     endpoint_name = models.CharField(max_length=150)
+    # Set when the endpoint is deleted (with ``endpoint`` cleared, in one UPDATE): which endpoint
+    # it was, and the vendor that owned it, so the vendor still sees these deliveries through
+    # the API, and no other client does.
+    deleted_endpoint_id = models.BigIntegerField(null=True, blank=True, editable=False)
+    deleted_endpoint_client = models.ForeignKey(
+        "api.ApiClient",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,  # webhook_delivery_deleted_by serves it (only these rows have one)
+    )
     status = models.CharField(
         max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
     )
@@ -219,6 +238,17 @@ class WebhookDelivery(models.Model):
                 condition=~Q(status=DeliveryStatus.LEASED) | Q(lease_expires_at__isnull=False),
                 name="webhook_delivery_lease_has_expiry",
             ),
+            # A delivery has a live endpoint or remembers a deleted one, never both; only a
+            # deleted endpoint's deliveries name its former client.
+            models.CheckConstraint(
+                condition=Q(endpoint__isnull=True) | Q(deleted_endpoint_id__isnull=True),
+                name="webhook_delivery_endpoint_or_deleted",
+            ),
+            models.CheckConstraint(
+                condition=Q(deleted_endpoint_client__isnull=True)
+                | Q(deleted_endpoint_id__isnull=False),
+                name="webhook_delivery_deleted_client_has_endpoint",
+            ),
         ]
         indexes = [
             models.Index(
@@ -234,6 +264,12 @@ class WebhookDelivery(models.Model):
             models.Index(fields=["endpoint", "status", "id"], name="webhook_delivery_endpoint"),
             # The admin's date filter and counts over a district's deliveries.
             BrinIndex(fields=["created_at"], name="webhook_delivery_created_brin"),
+            # A vendor's list of its deleted endpoints' deliveries (the API pages by id).
+            models.Index(
+                fields=["deleted_endpoint_client", "id"],
+                name="webhook_delivery_deleted_by",
+                condition=Q(deleted_endpoint_client__isnull=False),
+            ),
             models.Index(
                 fields=["endpoint", "ordering_key", "id"],
                 name="webhook_delivery_ordering",

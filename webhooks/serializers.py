@@ -221,7 +221,13 @@ class DeliverySerializer(serializers.Serializer):
     id = serializers.IntegerField()
     eventId = serializers.CharField(source="event_id", help_text="Also the `webhook-id` header.")
     eventType = serializers.CharField(source="event_type")
-    endpointId = serializers.IntegerField(source="endpoint_id")
+    endpointId = serializers.SerializerMethodField(
+        help_text="Its endpoint; for a deleted endpoint, the id it had."
+    )
+    endpointDeleted = serializers.SerializerMethodField(
+        help_text="The endpoint was deleted: its open deliveries were cancelled; the rest are "
+        "kept, but none can be replayed."
+    )
     endpointName = serializers.CharField(source="endpoint_name")
     status = serializers.ChoiceField(choices=DeliveryStatus.choices)
     attemptCount = serializers.IntegerField(
@@ -232,6 +238,14 @@ class DeliverySerializer(serializers.Serializer):
     lastError = serializers.CharField(source="last_error")
     createdAt = serializers.DateTimeField(source="created_at")
     finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
+
+    @extend_schema_field(serializers.IntegerField())
+    def get_endpointId(self, delivery) -> int:
+        return delivery.endpoint_id or delivery.deleted_endpoint_id
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_endpointDeleted(self, delivery) -> bool:
+        return delivery.endpoint_id is None
 
 
 class AttemptSerializer(serializers.Serializer):

@@ -1,14 +1,28 @@
-"""Writes of the webhooks app: endpoints, their secrets, and replays."""
+"""Writes of the webhooks app: endpoints, their secrets and health, and replays.
+
+Every change of an endpoint's state is in its audit history with the actor: people's edits,
+enables and disables, secret rotations and reveals (never the secret), and what the dispatcher
+decides as the system actor (``bxos.common.audit.system_actor``): an endpoint starts failing,
+recovers, has its first delivery that failed for good, or is disabled (410 Gone, or no success
+for ``DISABLE_AFTER_DAYS``). Per-attempt bookkeeping (``last_success_at`` moving on) is not
+audited: it changes with every batch.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from auditlog.models import LogEntry
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from bxos.common.audit import system_actor
 from bxos.common.outbound import OutboundResult, send
 from bxos.common.services import model_delete, model_save, write_as
 from webhooks import catalogue, outbox, payloads, signing
@@ -28,6 +42,38 @@ ENDPOINT_FIELDS = (
     "ordered",
     "owner_email",
 )
+
+# An endpoint's health: bookkeeping of the dispatcher, written for a whole batch at once.
+HEALTH_FIELDS = ("last_success_at", "failing_since", "exhausted_notified_at")
+
+
+@contextlib.contextmanager
+def _noted(endpoint: WebhookEndpoint, note: str) -> Iterator[None]:
+    """Audit entries of ``endpoint`` written inside carry ``note`` as their reason
+    (``additional_data``, see WebhookEndpoint.get_additional_data)."""
+    endpoint.audit_note = note
+    try:
+        yield
+    finally:
+        endpoint.audit_note = ""
+
+
+def _audit(endpoint: WebhookEndpoint, changes: dict[str, list], reason: str) -> LogEntry:
+    """One "update" entry in the endpoint's history for a change that is not a save of its
+    own columns (health transitions, secrets). The reason is a row of the History page too.
+    The actor is the one of the enclosing ``write_as``."""
+    return LogEntry.objects.log_create(
+        endpoint,
+        force_log=True,
+        action=LogEntry.Action.UPDATE,
+        changes={**changes, "reason": ["", reason]},
+        additional_data={"reason": reason},
+    )
+
+
+def _shown(value) -> str:
+    # As django-auditlog writes values of its own diffs.
+    return "None" if value is None else str(value)
 
 
 def validate_event_types(event_types: list[str], *, client=None) -> None:
@@ -117,7 +163,7 @@ def webhook_endpoint_disable(*, actor, endpoint: WebhookEndpoint, reason: str) -
     """Stop sending; new and pending deliveries are held, not dropped."""
     from webhooks.dispatch import announce_disabled
 
-    with write_as(actor):
+    with write_as(actor), _noted(endpoint, reason[:300]):
         endpoint.active = False
         endpoint.disabled_at = timezone.now()
         endpoint.disabled_reason = reason[:300]
@@ -136,43 +182,154 @@ def webhook_endpoint_enable(*, actor, endpoint: WebhookEndpoint) -> int:
 
     Returns how many held deliveries were released."""
     with write_as(actor):
+        # One timestamp for all: the claim orders by (next_attempt_at, id), that is, by event.
+        released = WebhookDelivery.objects.filter(
+            endpoint=endpoint, status=DeliveryStatus.HELD
+        ).update(status=DeliveryStatus.PENDING, next_attempt_at=timezone.now())
         endpoint.active = True
         endpoint.disabled_at = None
         endpoint.disabled_reason = ""
         endpoint.failing_since = None
         endpoint.exhausted_notified_at = None
-        model_save(
-            instance=endpoint,
-            actor=actor,
-            fields=[
-                "active",
-                "disabled_at",
-                "disabled_reason",
-                "failing_since",
-                "exhausted_notified_at",
-            ],
-        )
-        # One timestamp for all: the claim orders by (next_attempt_at, id), that is, by event.
-        released = WebhookDelivery.objects.filter(
-            endpoint=endpoint, status=DeliveryStatus.HELD
-        ).update(status=DeliveryStatus.PENDING, next_attempt_at=timezone.now())
+        with _noted(endpoint, f"Enabled; {released} held deliveries released in order."):
+            model_save(
+                instance=endpoint,
+                actor=actor,
+                fields=[
+                    "active",
+                    "disabled_at",
+                    "disabled_reason",
+                    "failing_since",
+                    "exhausted_notified_at",
+                ],
+            )
         if released:
             outbox.wake_after_commit()
     return released
 
 
+# --- health: what the dispatcher decides, as the system actor ------------------------------
+
+
+@dataclass
+class HealthUpdate:
+    """An endpoint whose health a batch changed: the new values are set on ``endpoint``."""
+
+    endpoint: WebhookEndpoint
+    before: tuple  # HEALTH_FIELDS' values before the batch
+    failure: str = ""  # the first failure of the batch, if any: why it started failing
+
+
+# Endpoint health of a batch in one statement (not through save(): these are counters; their
+# state changes are audited one entry each by webhook_endpoints_health_save).
+_HEALTH = """
+UPDATE webhooks_webhookendpoint e
+SET last_success_at = v.last_success_at, failing_since = v.failing_since,
+    exhausted_notified_at = v.exhausted_notified_at
+FROM unnest(%(ids)s::bigint[], %(success)s::timestamptz[], %(failing)s::timestamptz[],
+            %(exhausted)s::timestamptz[]) AS v(id, last_success_at, failing_since,
+            exhausted_notified_at)
+WHERE e.id = v.id
+"""
+
+
+def _transition(update: HealthUpdate) -> tuple[dict[str, list], list[str]]:
+    """The audited part of a health change: (changes, reasons); empty when it is bookkeeping
+    only (a success of a healthy endpoint)."""
+    endpoint = update.endpoint
+    _success, failing_before, exhausted_before = update.before
+    changes: dict[str, list] = {}
+    reasons: list[str] = []
+    if failing_before is None and endpoint.failing_since is not None:
+        changes["failing_since"] = ["None", _shown(endpoint.failing_since)]
+        changes["health"] = ["healthy", "failing"]
+        reasons.append(f"Started failing: {update.failure or 'a delivery failed.'}")
+    elif failing_before is not None and endpoint.failing_since is None:
+        changes["failing_since"] = [_shown(failing_before), "None"]
+        changes["health"] = ["failing", "healthy"]
+        since = f"{failing_before:%Y-%m-%d %H:%M %Z}"
+        reasons.append(f"Recovered: a delivery succeeded after failures since {since}.")
+    if exhausted_before is None and endpoint.exhausted_notified_at is not None:
+        changes["exhausted_notified_at"] = ["None", _shown(endpoint.exhausted_notified_at)]
+        reasons.append(
+            "A delivery failed for good (retries exhausted); the owner is told once, until a "
+            "delivery succeeds again."
+        )
+    return changes, reasons
+
+
+def webhook_endpoints_health_save(*, updates: list[HealthUpdate], actor=None) -> int:
+    """Write the health of a batch's endpoints (one UPDATE) and audit their state changes:
+    started failing, recovered, first delivery failed for good; one entry per endpoint that
+    changed state, none for bookkeeping. ``actor``: the system actor by default (read only
+    when there is something to audit). Returns how many entries were written."""
+    if not updates:
+        return 0
+    endpoints = [u.endpoint for u in updates]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _HEALTH,
+            {
+                "ids": [e.pk for e in endpoints],
+                "success": [e.last_success_at for e in endpoints],
+                "failing": [e.failing_since for e in endpoints],
+                "exhausted": [e.exhausted_notified_at for e in endpoints],
+            },
+        )
+    transitions = [(u.endpoint, *_transition(u)) for u in updates]
+    transitions = [t for t in transitions if t[1]]
+    if not transitions:
+        return 0
+    with write_as(actor or system_actor()):
+        for endpoint, changes, reasons in transitions:
+            _audit(endpoint, changes, " ".join(reasons))
+    return len(transitions)
+
+
+def webhook_endpoint_disable_unhealthy(*, endpoint: WebhookEndpoint, actor=None) -> None:
+    """Save a disable the dispatcher decided (410 Gone, or no success for
+    ``DISABLE_AFTER_DAYS``): ``active``, ``disabled_at``, ``disabled_reason`` and the health as
+    set on ``endpoint``, audited under ``actor`` (the system actor by default) with the reason;
+    its pending deliveries are held; the disable is announced (webhook_endpoint.disabled).
+
+    Not ``model_save``: validating would resolve the URL again, and a receiver whose name now
+    resolves to a refused address must still be disabled, not left failing."""
+    from webhooks.dispatch import announce_disabled
+
+    with write_as(actor or system_actor()), _noted(endpoint, endpoint.disabled_reason):
+        endpoint.save(
+            update_fields=["active", "disabled_at", "disabled_reason", *HEALTH_FIELDS, "updated_at"]
+        )
+        # Its open deliveries wait for a re-enable (those of the batch included).
+        WebhookDelivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING).update(
+            status=DeliveryStatus.HELD
+        )
+        announce_disabled(endpoint)
+
+
 def webhook_endpoint_delete(*, actor, endpoint: WebhookEndpoint) -> int:
     """Delete an endpoint; its open deliveries are closed as cancelled and kept. Returns how
-    many were cancelled."""
+    many were cancelled.
+
+    Every delivery keeps which endpoint it was for and, for a vendor's, the client that owned
+    it (``deleted_endpoint_id``, ``deleted_endpoint_client``), set in the UPDATE that detaches
+    it (the one ``on_delete=SET_NULL`` would have run), so the vendor still lists them."""
+    deliveries = WebhookDelivery.objects.filter(endpoint=endpoint)
     with write_as(actor):
-        cancelled = WebhookDelivery.objects.filter(
-            endpoint=endpoint, status__in=OPEN_STATUSES
-        ).update(
+        # Waits for the transactions adding deliveries for it (their foreign-key check holds a
+        # share lock on the row) and keeps new ones out, so the UPDATEs below see them all.
+        list(WebhookEndpoint.objects.select_for_update().filter(pk=endpoint.pk).values_list("pk"))
+        cancelled = deliveries.filter(status__in=OPEN_STATUSES).update(
             status=DeliveryStatus.CANCELLED,
             finished_at=timezone.now(),
             last_error="The endpoint was deleted.",
             leased_by="",
             lease_expires_at=None,
+        )
+        deliveries.update(
+            endpoint=None,
+            deleted_endpoint_id=endpoint.pk,
+            deleted_endpoint_client=endpoint.client_id,
         )
         model_delete(instance=endpoint, actor=actor)
     return cancelled
@@ -196,6 +353,13 @@ def webhook_secret_rotate(
             expires_at=until
         )
         secret = webhook_secret_add(actor=actor, endpoint=endpoint)
+        # The secret itself is never in the audit log; that it changed, and until when the
+        # previous ones sign, is.
+        _audit(
+            endpoint,
+            {"secret": ["(hidden)", "(hidden, new)"]},
+            f"Secret rotated; the previous secrets sign until {until:%Y-%m-%d %H:%M %Z}.",
+        )
     return secret
 
 
@@ -212,6 +376,11 @@ def webhook_secret_reveal(*, actor, endpoint: WebhookEndpoint) -> str:
             )
         secret.revealed_at = timezone.now()
         secret.save(update_fields=["revealed_at"])
+        _audit(
+            endpoint,
+            {"secret": ["(hidden)", "(hidden, revealed)"]},
+            "Secret revealed (it is shown once).",
+        )
     return secret.secret
 
 

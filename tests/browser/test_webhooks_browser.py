@@ -136,3 +136,36 @@ def test_district_admin_reads_a_delivery_and_its_attempts(page, live_server, nor
     page.wait_for_selector(".messagelist")
     assert "nothing to recover" in page.locator(".messagelist").inner_text()
     screenshot(page, "webhook-recovered")
+
+
+# --- the page a district admin reads ----------------------------------------------------------
+
+
+def test_the_history_page_shows_what_the_system_did_and_why(
+    north,
+    receiver,
+    live_server,
+    page,
+):
+    """In a real browser: the endpoint's History names the system and says why it started
+    failing and why it was disabled, next to the admin's own creation."""
+    from tests.webhooks.test_health_audit import again, make_endpoint, rename
+
+    person = north.users["district_admin"]
+    endpoint, _ = make_endpoint(north, person, receiver.url)
+    receiver.answers.extend([Answer(status=500, body=b"boom"), Answer(status=410)])
+    rename(north, "One")
+    dispatch.dispatch_once()
+    again()
+    dispatch.dispatch_once()
+    endpoint.refresh_from_db()
+    assert not endpoint.active
+
+    login(page, live_server, person.username)
+    page.goto(f"{live_server.url}/admin/webhooks/webhookendpoint/{endpoint.pk}/history/")
+    entries_shown = page.locator(".auditlog-entry").all_inner_texts()
+    disabled, failing = entries_shown[0], entries_shown[1]  # newest first
+    assert "system" in disabled and "The receiver answered 410 Gone." in disabled
+    assert "Started failing: The receiver answered 500." in failing and "system" in failing
+    assert person.username in entries_shown[-1]  # the creation, by the admin
+    screenshot(page, "webhook-endpoint-history")

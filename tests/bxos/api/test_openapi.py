@@ -110,6 +110,7 @@ def test_webhook_operations_are_documented(schema):
         "limit",
         "after",
         "endpointId",
+        "endpointDeleted",
         "eventType",
         "status",
         "since",
