@@ -39,7 +39,7 @@ from bxos.common import access
 from bxos.common.admin import GateMixin, TenantAdmin
 from bxos.common.permissions import CHANGE, VIEW, can, restrict
 from bxos.common.services import model_delete, model_save
-from integrations import admin_services, selectors, services
+from integrations import admin_services, push, selectors, services
 from integrations import entities as ent
 from integrations.choices import (
     CircuitState,
@@ -59,6 +59,7 @@ from integrations.forms import (
     param_field_name,
 )
 from integrations.models import (
+    ConflictStatus,
     Crosswalk,
     IdentityReview,
     Integration,
@@ -66,6 +67,7 @@ from integrations.models import (
     MappingVersion,
     RecordError,
     RunChange,
+    SyncConflict,
     SyncDefinition,
     SyncRun,
 )
@@ -98,6 +100,12 @@ REVIEW_CSS = {
     ReviewStatus.MERGED: "integration-ok",
     ReviewStatus.DISTINCT: "integration-info",
     ReviewStatus.UNMERGED: "integration-muted",
+}
+CONFLICT_CSS = {
+    ConflictStatus.OPEN: "integration-warn",
+    ConflictStatus.RESOLVED_HUB: "integration-ok",
+    ConflictStatus.RESOLVED_SOURCE: "integration-ok",
+    ConflictStatus.DISMISSED: "integration-muted",
 }
 ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 TRIGGER_SHORT = {
@@ -236,7 +244,15 @@ class _Pages:
 
 #: Rows that belong to an integration or definition and go with it (its trail): deleting the
 #: parent needs no delete permission on them, and the mapping-version link does not block it.
-TRAIL = (Mapping, MappingVersion, SyncRun, RecordError, RunChange, IdentityReview)
+TRAIL = (
+    Mapping,
+    MappingVersion,
+    SyncRun,
+    RecordError,
+    RunChange,
+    IdentityReview,
+    SyncConflict,
+)
 
 
 class _DeletesTrail:
@@ -1757,3 +1773,326 @@ class IdentityReviewAdmin(_ReadOnlyGated):
     @admin.action(description="Different people (create them)", permissions=["decide"])
     def distinct_selected(self, request, queryset):
         self._decide_many(request, queryset, services.identity_distinct, "Kept apart")
+
+
+# --- sync conflicts -----------------------------------------------------------------------------
+
+
+class ConflictStatusFilter(ReviewStatusFilter):
+    """Open conflicts first: they hold their record back from every push until decided."""
+
+    def lookups(self, request, model_admin):
+        return [*ConflictStatus.choices, ("all", "All")]
+
+    def queryset(self, request, queryset):
+        value = self.value() or ConflictStatus.OPEN
+        if value == "all":
+            return queryset
+        return queryset.filter(status=value)
+
+
+class ConflictIntegrationFilter(admin.SimpleListFilter):
+    """By integration; the choices are the district's integrations, through the gate."""
+
+    title = "integration"
+    parameter_name = "integration"
+
+    def lookups(self, request, model_admin):
+        integrations = selectors.integrations_for(actor=request.user).only("name")
+        return [(i.pk, str(i)) for i in integrations]
+
+    def queryset(self, request, queryset):
+        if self.value() and self.value().isdigit():
+            return queryset.filter(definition__integration_id=self.value())
+        return queryset
+
+
+#: What each decision is called on buttons and in messages, and what it does.
+CONFLICT_DECISIONS = {
+    "hub": {
+        "button": "Keep the hub's version",
+        "done": "the hub's version was kept and sent to {integration}",
+        "deleted_done": "the record was deleted in {integration} too",
+    },
+    "source": {
+        "button": "Keep the source's version",
+        "done": "the hub took {integration}'s version",
+        "deleted_done": "the record stays in {integration}; the hub keeps it deleted",
+    },
+    "dismiss": {
+        "button": "Dismiss",
+        "done": "dismissed; both sides were left as they are",
+        "deleted_done": "dismissed; both sides were left as they are",
+    },
+}
+
+
+@admin.register(SyncConflict)
+class SyncConflictAdmin(_ReadOnlyGated):
+    """Records a bidirectional sync found changed on both sides under the manual-review policy:
+    the hub's and the source's values side by side, and the three decisions (keep the hub's,
+    keep the source's, dismiss), one at a time or in bulk. Everything else is read-only."""
+
+    list_display = ["conflict", "record", "differences", "decide"]
+    list_display_links = ["conflict"]
+    list_filter = [
+        ConflictStatusFilter,
+        ConflictIntegrationFilter,
+        "entity",
+        ("created_at", admin.DateFieldListFilter),
+    ]
+    search_fields = ["source_id"]
+    list_select_related = ["definition__integration"]
+    actions = ["keep_hub_selected", "keep_source_selected", "dismiss_selected"]
+    fields = [
+        "definition_link",
+        "entity",
+        "record",
+        "status_badge",
+        "run_link",
+        "compare",
+        "decided",
+        "created_at",
+        "updated_at",
+        "source_record",
+    ]
+    readonly_fields = fields
+
+    def has_decide_permission(self, request):
+        return self.may_act(request)
+
+    # --- columns and fields --------------------------------------------------------------------
+
+    @admin.display(description="conflict", ordering="created_at")
+    def conflict(self, obj):
+        return format_html(
+            '#{} · {}<br><span class="integration-quiet">{} · {}</span><br>{}',
+            obj.pk,
+            timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M"),
+            obj.definition.integration,
+            obj.definition,
+            self.status_badge(obj),
+        )
+
+    @admin.display(description="sync definition", ordering="definition__name")
+    def definition_link(self, obj):
+        return format_html(
+            '<a href="{}">{}</a> <span class="integration-quiet">({})</span>',
+            _admin_url(obj.definition),
+            obj.definition,
+            obj.definition.integration,
+        )
+
+    @admin.display(description="record", ordering="source_id")
+    def record(self, obj):
+        hub = obj.hub or {}
+        if hub.get("deleted"):
+            where = format_html("hub {} #{} (deleted)", obj.entity, obj.object_id)
+        elif obj.entity == "incident":
+            where = format_html(
+                '<a href="{}">hub incident #{}</a>',
+                reverse("admin:behavior_incident_change", args=[obj.object_id]),
+                obj.object_id,
+            )
+        else:
+            where = format_html("hub {} #{}", obj.entity, obj.object_id)
+        return format_html("<code>{}</code><br>{}", obj.source_id, where)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return _badge(obj.get_status_display(), CONFLICT_CSS.get(obj.status, ""))
+
+    @admin.display(description="found in")
+    def run_link(self, obj):
+        if obj.run_id is None:
+            return "—"
+        return format_html(
+            '<a href="{}">Run #{}</a>',
+            reverse("admin:integrations_syncrun_change", args=[obj.run_id]),
+            obj.run_id,
+        )
+
+    @admin.display(description="decided")
+    def decided(self, obj):
+        if not obj.decided_at:
+            return "—"
+        return f"by {obj.decided_by or 'someone since removed'} on {_when(obj.decided_at)}"
+
+    @admin.display(description="differences")
+    def differences(self, obj):
+        rows = selectors.conflict_rows(obj)
+        differing = [r.label for r in rows if r.differs]
+        return format_html(
+            "{}{}",
+            self._compare_table(obj, rows, compact=True),
+            format_html('<span class="integration-quiet">Differ: {}</span>', ", ".join(differing))
+            if differing
+            else "",
+        )
+
+    @admin.display(description="hub · source")
+    def compare(self, obj):
+        return self._compare_table(obj, selectors.conflict_rows(obj), compact=False)
+
+    def _compare_table(self, obj, rows, *, compact: bool):
+        shown = [r for r in rows if r.compared or not compact]
+        body = format_html_join(
+            "",
+            '<tr class="{}" data-field="{}"><th scope="row">{}</th><td class="conflict-hub">{}'
+            '</td><td class="conflict-source">{}</td></tr>',
+            (
+                (
+                    "integration-differs" if r.differs else "",
+                    r.name,
+                    r.label,
+                    r.hub or "—",
+                    r.source or "—",
+                )
+                for r in shown
+            ),
+        )
+        return format_html(
+            '<table class="integration-compare" id="{}"><thead><tr><th></th><th>Hub</th>'
+            "<th>Source: {}</th></tr></thead><tbody>{}</tbody></table>",
+            f"conflict-compare-{obj.pk}" if compact else "conflict-compare",
+            obj.definition.integration,
+            body,
+        )
+
+    @admin.display(description="source record as read")
+    def source_record(self, obj):
+        return format_html(
+            '<details><summary>Show the record</summary><pre class="integration-pre">{}</pre>'
+            "</details>",
+            json.dumps(obj.source or {}, indent=2, ensure_ascii=False, sort_keys=True),
+        )
+
+    @admin.display(description="decide")
+    def decide(self, obj):
+        # Buttons of the changelist's own form (it carries the CSRF token), posting elsewhere.
+        if obj.status != ConflictStatus.OPEN:
+            return ""
+        buttons = [
+            (_admin_url(obj, view) + "?from=list", CONFLICT_DECISIONS[key]["button"])
+            for key, view in (
+                ("hub", "keep_hub"),
+                ("source", "keep_source"),
+                ("dismiss", "dismiss"),
+            )
+        ]
+        return format_html(
+            '<div class="integration-decide">{}</div>',
+            format_html_join(
+                "",
+                '<button type="submit" class="button" formaction="{}" formnovalidate>{}</button>',
+                buttons,
+            ),
+        )
+
+    # --- pages ---------------------------------------------------------------------------------
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        conflict = self.get_object(request, unquote(object_id))
+        if request.method == "GET" and conflict is not None and conflict.entity == "incident":
+            # The page shows a student's incident (its date, behavior, ids): log the access.
+            from bxos.behavior.models import Incident
+
+            incident = Incident.objects.filter(
+                pk=conflict.object_id, district_id=conflict.district_id
+            ).first()
+            if incident is not None:
+                access.record_view(actor=request.user, obj=incident, path=request.get_full_path())
+        extra = {
+            "can_decide": conflict is not None
+            and conflict.status == ConflictStatus.OPEN
+            and self.may_act(request, conflict),
+            "decisions": CONFLICT_DECISIONS,
+            "title": f"Sync conflict #{conflict.pk}" if conflict is not None else None,
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, extra)
+
+    def get_urls(self):
+        return [
+            *self._urls(
+                ("<path:object_id>/keep-hub/", self.keep_hub_view, "syncconflict_keep_hub"),
+                (
+                    "<path:object_id>/keep-source/",
+                    self.keep_source_view,
+                    "syncconflict_keep_source",
+                ),
+                ("<path:object_id>/dismiss/", self.dismiss_view, "syncconflict_dismiss"),
+            ),
+            *super().get_urls(),
+        ]
+
+    def _apply(self, conflict, decision: str, actor):
+        if decision == "dismiss":
+            return push.conflict_dismiss(conflict=conflict, actor=actor)
+        return push.conflict_resolve(conflict=conflict, keep=decision, actor=actor)
+
+    @staticmethod
+    def _done(conflict, decision: str) -> str:
+        texts = CONFLICT_DECISIONS[decision]
+        deleted = bool((conflict.hub or {}).get("deleted"))
+        what = texts["deleted_done" if deleted else "done"].format(
+            integration=conflict.definition.integration
+        )
+        return f"Conflict #{conflict.pk} ({conflict.source_id}): {what}."
+
+    def _decide(self, request, object_id, decision: str):
+        conflict = self._get_for(request, object_id, CHANGE)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        try:
+            self._apply(conflict, decision, request.user)
+        except ValidationError as exc:
+            messages.error(request, f"Conflict #{conflict.pk} stays open: {' '.join(exc.messages)}")
+        else:
+            messages.success(request, self._done(conflict, decision))
+        if request.GET.get("from") == "list":
+            return HttpResponseRedirect(reverse("admin:integrations_syncconflict_changelist"))
+        return HttpResponseRedirect(_admin_url(conflict))
+
+    def keep_hub_view(self, request, object_id):
+        return self._decide(request, object_id, "hub")
+
+    def keep_source_view(self, request, object_id):
+        return self._decide(request, object_id, "source")
+
+    def dismiss_view(self, request, object_id):
+        return self._decide(request, object_id, "dismiss")
+
+    def _decide_many(self, request, queryset, decision: str) -> None:
+        done, refused = 0, []
+        chosen = restrict(queryset, request.user, CHANGE).filter(status=ConflictStatus.OPEN)
+        for conflict in chosen.select_related("definition__integration").order_by("pk"):
+            try:
+                self._apply(conflict, decision, request.user)
+            except ValidationError as exc:
+                refused.append(f"#{conflict.pk} ({conflict.source_id}): {' '.join(exc.messages)}")
+            else:
+                done += 1
+        verb = {"hub": "Kept the hub's version of", "source": "Took the source's version of"}
+        messages.success(
+            request,
+            f"{verb.get(decision, 'Dismissed')} {done} conflict{'s' if done != 1 else ''}.",
+        )
+        if refused:
+            messages.error(request, "Still open: " + "; ".join(refused))
+
+    @admin.action(
+        description="Keep the hub's version (send it to the source)", permissions=["decide"]
+    )
+    def keep_hub_selected(self, request, queryset):
+        self._decide_many(request, queryset, "hub")
+
+    @admin.action(
+        description="Keep the source's version (take it into the hub)", permissions=["decide"]
+    )
+    def keep_source_selected(self, request, queryset):
+        self._decide_many(request, queryset, "source")
+
+    @admin.action(description="Dismiss (leave both sides as they are)", permissions=["decide"])
+    def dismiss_selected(self, request, queryset):
+        self._decide_many(request, queryset, "dismiss")

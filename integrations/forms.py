@@ -86,6 +86,17 @@ def param_field(param: Param, *, stored: bool = False) -> forms.Field:
         return forms.CharField(
             widget=forms.URLInput(attrs={"class": "vURLField integration-wide"}), **common
         )
+    if param.kind == "pem":
+        return forms.CharField(
+            widget=forms.Textarea(
+                attrs={
+                    "class": "vLargeTextField integration-json",
+                    "rows": 6,
+                    "spellcheck": "false",
+                }
+            ),
+            **common,
+        )
     return forms.CharField(
         widget=forms.TextInput(attrs={"class": "vTextField integration-wide"}), **common
     )

@@ -30,6 +30,23 @@ the source, and the push itself changes the source's ``_lastModifiedDate``. ``pu
 therefore taken *after* the step's last write, and values are compared before anything is
 called a conflict, so a record the two sides agree on never is one.
 
+Optimistic writes: an update of a record the source has carries the version of it the engine
+read and decided on (``sending_row``: its ETag, sent by the Ed-Fi connector as ``If-Match``).
+When the source changed the record in between, it refuses the write (HTTP 412, a ``conflict``
+push result), nothing is written, and the record is decided again on the version just read:
+a change on both sides, settled by the policy (a second refusal in the same run is a failure,
+retried next run).
+
+Deletes: incidents the hub deleted after the cursor (their tombstones, stamped from the same
+change version sequence) are deleted in the source with their discipline actions and student
+behavior associations (``connector.delete_incident``), when the source knows them: the
+tombstone's lineage is this source's, or (lineage from another system) the source has the
+incident under its stable identifier. A record the source changed after the last push is a
+conflict between the hub's delete and the source's change, under the same policy; source wins
+keeps it in the source (the hub does not resurrect it), manual review records a
+:class:`SyncConflict` whose hub side is ``{"deleted": true, ...}``. An incident the source no
+longer has needs nothing.
+
 The cursor: per-row failures (the source refusing a record) become ``RecordError`` rows and stay
 above the cursor, which advances only to just below the lowest failed change version, so they
 are retried next run. When the source cannot be reached at all, nothing moves: the run's
@@ -55,6 +72,7 @@ from bxos.behavior import choices as bch
 from bxos.behavior.models import Descriptor, Incident, IncidentAction
 from bxos.common.audit import acting_as
 from bxos.common.db import safe_change_version
+from bxos.common.models import Tombstone
 from bxos.common.services import model_save, model_update, write_as
 from integrations import services
 from integrations.choices import ConflictPolicy, ErrorStatus, RunStatus
@@ -86,6 +104,7 @@ class PushStats:
 
     pushed_created: int = 0
     pushed_updated: int = 0
+    pushed_deleted: int = 0
     conflicts: int = 0
     source_won: int = 0
     failed: int = 0
@@ -106,6 +125,7 @@ class PushStats:
         return {
             "pushed_created": self.pushed_created,
             "pushed_updated": self.pushed_updated,
+            "pushed_deleted": self.pushed_deleted,
             "conflicts": self.conflicts,
             "source_won": self.source_won,
             "failed": self.failed,
@@ -117,6 +137,7 @@ class PushStats:
     def summary(self) -> str:
         return (
             f"push: {self.pushed_created} created, {self.pushed_updated} updated, "
+            f"{self.pushed_deleted} deleted, "
             f"{self.conflicts} conflicts ({self.source_won} taken from the source), "
             f"{self.failed} failed, {self.skipped} skipped, {self.unchanged} unchanged"
         )
@@ -227,6 +248,8 @@ class _Push:
         self.skips: dict[str, list[int]] = defaultdict(list)
         self.log_conflict = _Capped(log, "conflicts")
         self.log_failure = _Capped(log, "failures")
+        #: hub incidents deleted here that the source did not have (any more)
+        self.gone: list[int] = []
 
     # -- selection
 
@@ -276,6 +299,15 @@ class _Push:
             actions = _first_actions(i.pk for i in batch)
             for incident in batch:
                 self._one(incident, actions.get(incident.pk))
+        self._push_deletes(cursor, upper)
+        if self.gone:
+            shown = ", ".join(f"#{i}" for i in self.gone[:20]) + (
+                " ..." if len(self.gone) > 20 else ""
+            )
+            self.log(
+                f"{len(self.gone)} incident(s) deleted in the hub were not in the source (any "
+                f"more): nothing to delete ({shown})"
+            )
         for reason, ids in self.skips.items():
             shown = ", ".join(f"#{i}" for i in ids[:20]) + (" ..." if len(ids) > 20 else "")
             self.log(f"skipped {len(ids)} incident(s): {reason} ({shown})")
@@ -323,6 +355,13 @@ class _Push:
         except ValueError as exc:  # a lineage source id that is not schoolId|identifier
             self._failed(c, str(exc), field_name="source_id")
             return
+        self._decide(c, record)
+
+    def _decide(self, c: _Candidate, record: dict[str, Any] | None, *, again: bool = False) -> None:
+        """Send, hold, take the source's side or skip a known incident, given the source's
+        record as just read (``again``: read anew after the source refused a write because
+        it had changed; a second refusal is a failure, retried next run)."""
+        incident = c.incident
         if record is None:
             self.log(
                 f"incident #{incident.pk}: {c.key} is not in the source (any more); sent again"
@@ -342,13 +381,15 @@ class _Push:
         if _same(c.row, values):
             # Both sides agree on what the source compares. Pushing still carries what it
             # cannot compare (the student link and the action) when the hub changed.
-            if c.key in self.retry_keys or (hub_changed and self.push_at is not None):
-                self._send(c)
+            if c.key in self.retry_keys or again or (hub_changed and self.push_at is not None):
+                self._send(c, record=record, again=again)
             else:
                 self.stats.unchanged += 1
             return
-        if hub_changed and source_changed:
-            self._conflict(c, record, values)
+        if (hub_changed and source_changed) or again:
+            # A write refused because the source changed since it was read is a change on
+            # both sides by definition: the hub's write was underway.
+            self._conflict(c, record, values, again=again)
         elif source_changed:
             # Only the source changed since the last push: its newer values stand; the hub's
             # older ones are not sent over them.
@@ -356,7 +397,7 @@ class _Push:
             self.stats.skipped += 1
             self.stats.sample("skipped", incident.pk, c.key, "changed only in the source")
         else:
-            self._send(c)
+            self._send(c, record=record)
 
     def _baseline(self, incident_id: int) -> dt.datetime | None:
         """Changes after this time are new: the last push, or a later decision on a conflict."""
@@ -391,10 +432,190 @@ class _Push:
             known=known,
         )
 
+    # -- deletes
+
+    def _push_deletes(self, cursor: int, upper: int) -> None:
+        """Incidents the hub deleted after the cursor (their tombstones, stamped from the same
+        change version sequence, so the same bounds hold) are deleted in the source, with
+        their discipline actions, under the same conflict rules as updates: a record the
+        source changed after the last push is a conflict between the hub's delete and the
+        source's change."""
+        if not hasattr(self.connector, "delete_incident"):
+            return
+        tombstones = Tombstone.objects.filter(
+            table_name=Incident._meta.db_table,
+            district_id=self.run.district_id,
+            change_version__gt=cursor,
+            change_version__lte=upper,
+        ).order_by("change_version")
+        for tomb in tombstones.iterator(chunk_size=BATCH):
+            self._delete_one(tomb)
+
+    def _deleted_key(self, tomb: Tombstone) -> str | None:
+        """What the source knows a deleted incident by, or None when it never went there."""
+        if tomb.source_system == self.source and tomb.source_id:
+            return tomb.source_id
+        if tomb.source_system and hasattr(self.connector, "find_incident_key"):
+            # Lineage from another system: the incident kept it and was sent under its
+            # stable identifier, if it was sent at all.
+            return self.connector.find_incident_key(new_identifier_of(tomb.object_id))
+        # No lineage: it never reached the source (a successful push gives it this source's).
+        return None
+
+    def _delete_one(self, tomb: Tombstone) -> None:
+        key = self._deleted_key(tomb)
+        if key is None:
+            return
+        dismissed_at = self.dismissed.get(key)
+        if dismissed_at and tomb.deleted_at <= dismissed_at:
+            self.skips["an admin dismissed its push error"].append(tomb.object_id)
+            self.stats.skipped += 1
+            self.stats.sample("skipped", tomb.object_id, key, "push error dismissed")
+            return
+        try:
+            record = self.connector.fetch_incident(key)
+        except ValueError as exc:
+            self._record_failure(
+                tomb.object_id, key, tomb.change_version, str(exc), field_name="source_id"
+            )
+            return
+        if record is None:
+            self.gone.append(tomb.object_id)
+            self.stats.unchanged += 1
+            return
+        conflict = self.open_conflicts.get(tomb.object_id)
+        if conflict is not None:
+            # An admin was to decide about a change; the hub has deleted the record since, so
+            # the decision is now about the delete.
+            self.stats.conflicts += 1
+            self.log_conflict(
+                f"incident #{tomb.object_id} ({key}) was deleted in the hub while its conflict "
+                f"#{conflict.pk} waits for a decision; not deleted in the source"
+            )
+            conflict.hub = deleted_row(key, tomb)
+            conflict.source, conflict.run = _jsonable(record), self.run
+            model_save(
+                instance=conflict, actor=self.actor, fields=["hub", "source", "run"], emit=False
+            )
+            self.stats.sample("conflict", tomb.object_id, key, f"conflict #{conflict.pk} open")
+            return
+        values = self.connector.incident_values(record)
+        baseline = self._baseline(tomb.object_id)
+        modified = values.get("modified_at")
+        if baseline is not None and modified is not None and modified > baseline:
+            self._delete_conflict(tomb, key, record, values)
+        else:
+            self._delete(tomb, key, record)
+
+    def _delete(
+        self, tomb: Tombstone, key: str, record: dict[str, Any], *, again: bool = False
+    ) -> None:
+        result = self.connector.delete_incident(key, etag=record.get("_etag"))
+        if result.action == "deleted":
+            self.stats.pushed_deleted += 1
+            self.stats.sample("pushed_deleted", tomb.object_id, key)
+        elif result.action == "unchanged":
+            self.gone.append(tomb.object_id)
+            self.stats.unchanged += 1
+        elif result.action == "conflict" and not again:
+            self.log(
+                f"incident #{tomb.object_id} ({key}) changed in the source while its delete "
+                "was being sent; nothing was deleted, deciding again on the source's new version"
+            )
+            fresh = self.connector.fetch_incident(key)
+            if fresh is None:
+                self.gone.append(tomb.object_id)
+                self.stats.unchanged += 1
+                return
+            self._delete_conflict(
+                tomb, key, fresh, self.connector.incident_values(fresh), again=True
+            )
+        else:
+            message = result.message
+            if result.action == "conflict":
+                message = (
+                    f"the source changed the record again while it was being deleted: {message}"
+                )
+            self._record_failure(
+                tomb.object_id,
+                key,
+                tomb.change_version,
+                message,
+                field_name=problem_field(message),
+            )
+
+    def _delete_conflict(
+        self,
+        tomb: Tombstone,
+        key: str,
+        record: dict[str, Any],
+        values: dict[str, Any],
+        *,
+        again: bool = False,
+    ) -> None:
+        self.stats.conflicts += 1
+        policy = self.definition.conflict_policy
+        winner = self._winner(tomb.deleted_at, values.get("modified_at"))
+        where = (
+            f"incident #{tomb.object_id} ({key}) was deleted in the hub and changed in the source"
+        )
+        if winner == "hub":
+            self.log_conflict(f"{where}; {policy_label(policy)}: it is deleted in the source")
+            self._delete(tomb, key, record, again=again)
+        elif winner == "source":
+            self.log_conflict(
+                f"{where}; {policy_label(policy)}: it stays in the source (the hub's copy is "
+                "not restored: a pull of incidents brings it back)"
+            )
+            self.stats.source_won += 1
+            self.stats.sample("source_won", tomb.object_id, key, "kept in the source")
+        else:
+            self.log_conflict(f"{where}; waiting for an admin's decision (manual review)")
+            with write_as(self.actor):
+                conflict = SyncConflict(
+                    district_id=self.run.district_id,
+                    definition=self.definition,
+                    run=self.run,
+                    entity=ENTITY,
+                    object_id=tomb.object_id,
+                    source_id=key,
+                    hub=deleted_row(key, tomb),
+                    source=_jsonable(record),
+                )
+                model_save(instance=conflict, actor=self.actor, emit=False)
+            self.open_conflicts[tomb.object_id] = conflict
+            self.stats.sample("conflict", tomb.object_id, key, "manual review (deleted in the hub)")
+
     # -- outcomes
 
-    def _send(self, c: _Candidate, note: str = "") -> None:
-        [result] = self.connector.push(ENTITY, [c.row])
+    def _send(
+        self,
+        c: _Candidate,
+        note: str = "",
+        *,
+        record: dict[str, Any] | None = None,
+        again: bool = False,
+    ) -> None:
+        """Send the hub's row. With the source's ``record`` as read, the write is an update
+        of that version only (its ETag goes along as ``If-Match``): when the source changed
+        the record since, nothing is written and the record is decided again on its new
+        version (once; a second refusal in the same run is a failure retried next run)."""
+        [result] = self.connector.push(ENTITY, [sending_row(c.row, record)])
+        if result.action == "conflict":
+            if again:
+                self._failed(
+                    c,
+                    f"the source changed the record again while it was being sent: "
+                    f"{result.message}",
+                )
+                return
+            self.log(
+                f"incident #{c.incident.pk} ({c.key}) changed in the source while the hub's "
+                "version was being sent; nothing was written, deciding again on the source's "
+                "new version"
+            )
+            self._decide(c, self.connector.fetch_incident(c.key), again=True)
+            return
         if result.action == "failed":
             self._failed(c, result.message, field_name=problem_field(result.message))
             return
@@ -431,10 +652,15 @@ class _Push:
             )
 
     def _failed(self, c: _Candidate, message: str, *, field_name: str = "") -> None:
+        self._record_failure(c.incident.pk, c.key, c.version, message, field_name=field_name)
+
+    def _record_failure(
+        self, incident_id: int, key: str, version: int, message: str, *, field_name: str = ""
+    ) -> None:
         self.stats.failed += 1
-        self.failed_versions.append(c.version)
-        self.stats.sample("failed", c.incident.pk, c.key, message)
-        self.log_failure(f"incident #{c.incident.pk} ({c.key}) failed: {message}")
+        self.failed_versions.append(version)
+        self.stats.sample("failed", incident_id, key, message)
+        self.log_failure(f"incident #{incident_id} ({key}) failed: {message}")
         RecordError.objects.create(
             run=self.run,
             definition=self.definition,
@@ -443,22 +669,28 @@ class _Push:
             file=PUSH_FILE,
             field=field_name[:100],
             reason=message,
-            source_id=c.key,
+            source_id=key,
         )
 
-    def _conflict(self, c: _Candidate, record: dict[str, Any], values: dict[str, Any]) -> None:
+    def _winner(self, hub_changed_at: dt.datetime, modified: dt.datetime | None) -> str | None:
+        """ "hub", "source", or None (manual review) under the definition's policy."""
+        policy = self.definition.conflict_policy
+        if policy == ConflictPolicy.NEWEST_WINS:
+            # A tie, or a source that did not say when, goes to the source (the system of
+            # record).
+            return "hub" if modified is not None and hub_changed_at > modified else "source"
+        return {ConflictPolicy.SOURCE_WINS: "source", ConflictPolicy.HUB_WINS: "hub"}.get(policy)
+
+    def _conflict(
+        self, c: _Candidate, record: dict[str, Any], values: dict[str, Any], *, again=False
+    ) -> None:
         self.stats.conflicts += 1
         policy = self.definition.conflict_policy
-        winner = {
-            ConflictPolicy.SOURCE_WINS: "source",
-            ConflictPolicy.HUB_WINS: "hub",
-        }.get(policy)
-        if policy == ConflictPolicy.NEWEST_WINS:
-            winner = "hub" if c.changed_at > values["modified_at"] else "source"
+        winner = self._winner(c.changed_at, values.get("modified_at"))
         where = f"incident #{c.incident.pk} ({c.key}) changed in the hub and in the source"
         if winner == "hub":
             self.log_conflict(f"{where}; {policy_label(policy)}: the hub's version is sent")
-            self._send(c, note="conflict: hub kept")
+            self._send(c, note="conflict: hub kept", record=record, again=again)
         elif winner == "source":
             self.log_conflict(f"{where}; {policy_label(policy)}: the source's version is taken")
             try:
@@ -507,7 +739,24 @@ class _Push:
 def new_identifier(incident: Incident) -> str:
     """The source identifier of an incident the source does not know yet: stable, so a retry
     after a failure updates the record the failed attempt may have left."""
-    return f"BX{incident.pk}"
+    return new_identifier_of(incident.pk)
+
+
+def new_identifier_of(incident_id: int) -> str:
+    return f"BX{incident_id}"
+
+
+def deleted_row(key: str, tomb: Tombstone) -> dict[str, Any]:
+    """The hub's side of a conflict about an incident the hub deleted."""
+    return {"deleted": True, "source_id": key, "deleted_at": tomb.deleted_at.isoformat()}
+
+
+def sending_row(row: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
+    """The push row with the version of the source's record it replaces: the connector sends
+    an update only if the source still has that version (``If-Match`` with its ETag)."""
+    if not record or not record.get("_etag") or not record.get("id"):
+        return row
+    return {**row, "source_etag": str(record["_etag"]), "source_resource_id": str(record["id"])}
 
 
 def incident_row(incident: Incident, action: IncidentAction | None, *, key: str) -> dict[str, Any]:
@@ -607,7 +856,16 @@ def conflict_resolve(
 ) -> SyncConflict:
     """Settle an open conflict: ``keep="hub"`` pushes the hub's current incident to the source,
     ``keep="source"`` gives the hub the source's current values. Raises ValidationError saying
-    why when it cannot (the conflict then stays open)."""
+    why when it cannot (the conflict then stays open).
+
+    The hub's version replaces only the version of the source's record read just before (an
+    ``If-Match`` write): when the source changes it in between, nothing is written, the
+    conflict's snapshot of the source is refreshed and the admin is asked to decide again.
+
+    A conflict about an incident the hub deleted (``hub["deleted"]``): keeping the hub's side
+    deletes the record in the source (with its actions); keeping the source's leaves it there
+    (the hub does not bring the deleted incident back; a pull of incidents does).
+    """
     if keep not in ("hub", "source"):
         raise ValidationError({"keep": f"keep must be 'hub' or 'source', not {keep!r}"})
     conflict = SyncConflict.objects.select_related("definition__integration").get(pk=conflict.pk)
@@ -616,23 +874,47 @@ def conflict_resolve(
     if conflict.entity != ENTITY:
         raise ValidationError(f"Conflicts of {conflict.entity} cannot be resolved here.")
     integration = conflict.definition.integration
-    incident = (
-        Incident.objects.filter(pk=conflict.object_id, district_id=conflict.district_id)
-        .select_related("school", "student", "problem_behavior")
-        .first()
-    )
-    if incident is None:
-        raise ValidationError(
-            f"Hub incident #{conflict.object_id} no longer exists; dismiss this conflict."
+    deleted = bool((conflict.hub or {}).get("deleted"))
+    incident = None
+    if not deleted:
+        incident = (
+            Incident.objects.filter(pk=conflict.object_id, district_id=conflict.district_id)
+            .select_related("school", "student", "problem_behavior")
+            .first()
         )
+        if incident is None:
+            raise ValidationError(
+                f"Hub incident #{conflict.object_id} no longer exists; dismiss this conflict."
+            )
+    if deleted and keep == "source":
+        # Nothing to write on either side: the source keeps its record, the hub its delete.
+        return _decide(conflict, ConflictStatus.RESOLVED_SOURCE, actor)
     connector = services.connector_for(integration)
     try:
         with acting_as(actor):
-            if keep == "hub":
+            if deleted:
+                result = connector.delete_incident(conflict.source_id)
+                if result.action in ("failed", "conflict"):
+                    raise ValidationError(
+                        f"{integration.name} refused to delete {conflict.source_id}: "
+                        f"{result.message}"
+                    )
+                status = ConflictStatus.RESOLVED_HUB
+            elif keep == "hub":
+                record = connector.fetch_incident(conflict.source_id)
                 row = incident_row(
                     incident, _first_actions([incident.pk]).get(incident.pk), key=conflict.source_id
                 )
-                [result] = connector.push(ENTITY, [row])
+                [result] = connector.push(ENTITY, [sending_row(row, record)])
+                if result.action == "conflict":
+                    fresh = connector.fetch_incident(conflict.source_id)
+                    if fresh is not None:
+                        conflict.source = _jsonable(fresh)
+                        model_save(instance=conflict, actor=actor, fields=["source"], emit=False)
+                    raise ValidationError(
+                        f"{integration.name} changed {conflict.source_id} again just now, so the "
+                        "hub's version was not sent; its new version is shown: decide again."
+                    )
                 if result.action == "failed":
                     raise ValidationError(
                         f"{integration.name} refused the hub's version: {result.message}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import JSONObject
+from django.utils import timezone
 
 from bxos.common.permissions import VIEW, restrict
 from integrations import entities as ent
@@ -27,6 +28,7 @@ from integrations.models import (
     Mapping,
     MappingVersion,
     RecordError,
+    SyncConflict,
     SyncDefinition,
     SyncRun,
 )
@@ -48,6 +50,15 @@ IDENTITY_FIELDS = (
     ("last_name", "Last name"),
     ("birth_date", "Birth date"),
     ("grade_level", "Grade"),
+)
+
+
+#: The fields of an incident a conflict compares, hub and source side by side: (name in the
+#: push row and in ``incident_values``, label). The connector compares exactly these.
+CONFLICT_FIELDS = (
+    ("occurred_on", "Date"),
+    ("occurred_at", "Time of day"),
+    ("behavior_code", "Problem behavior"),
 )
 
 
@@ -303,3 +314,116 @@ def _more(count: int, shown: list) -> str:
     """How many more rows than the samples shown, as text ('' when none)."""
     more = count - len(shown)
     return f"{more:,}" if more > 0 else ""
+
+
+def conflicts_for(*, actor, action: str = VIEW) -> QuerySet[SyncConflict]:
+    """The sync conflicts the actor may ``action`` (their district's, for district admins)."""
+    return restrict(SyncConflict.objects.all(), actor, action)
+
+
+@dataclass(frozen=True)
+class ConflictRow:
+    """One line of a conflict's comparison: the hub's value, the source's, and whether the two
+    differ (``compared`` False: shown for context, not part of what the sync compares)."""
+
+    name: str
+    label: str
+    hub: str
+    source: str
+    differs: bool
+    compared: bool = True
+
+
+def conflict_source_values(conflict: SyncConflict) -> dict[str, Any]:
+    """The source's side of a conflict in the vocabulary of the hub's push rows.
+
+    The connector that read it translates (``incident_values`` of the Ed-Fi connector); when
+    its type is gone, the fields common to both snapshots are taken as they are.
+    """
+    source = conflict.source or {}
+    try:
+        connector_cls = registry.get(conflict.definition.integration.connector_type)
+    except LookupError:
+        connector_cls = None
+    translate = getattr(connector_cls, "incident_values", None)
+    if translate is None:
+        return {k: v for k, v in source.items() if k in (conflict.hub or {})}
+    try:
+        return dict(translate(source))
+    except (TypeError, ValueError, AttributeError):
+        return {}
+
+
+def conflict_rows(conflict: SyncConflict) -> list[ConflictRow]:
+    """The hub's and the source's values of a conflict side by side, differences marked.
+
+    A conflict about a record the hub deleted (``hub["deleted"]``) compares existence: the
+    hub no longer has it, the source still does (and changed it since the last push).
+    """
+    hub = conflict.hub or {}
+    source = conflict_source_values(conflict)
+    modified = source.get("modified_at")
+    rows: list[ConflictRow] = []
+    if hub.get("deleted"):
+        rows.append(
+            ConflictRow(
+                name="exists",
+                label="Record",
+                hub=f"Deleted in the hub ({_when_text(hub.get('deleted_at'))})",
+                source="Still in the source, changed since the last push",
+                differs=True,
+            )
+        )
+        for name, label in CONFLICT_FIELDS:
+            rows.append(
+                ConflictRow(name, label, "—", _text(source.get(name)), False, compared=False)
+            )
+    else:
+        for name, label in CONFLICT_FIELDS:
+            mine, theirs = _text(hub.get(name)), _text(source.get(name))
+            rows.append(ConflictRow(name, label, mine, theirs, mine != theirs))
+        action = " · ".join(
+            x
+            for x in (
+                _text(hub.get("action_code")),
+                _text(hub.get("action_date")),
+                f"{hub['duration_days']:g} day(s)" if hub.get("duration_days") else "",
+            )
+            if x
+        )
+        rows.append(
+            ConflictRow(
+                "action",
+                "Discipline action",
+                action or "none",
+                "(kept in the source's own action records)",
+                False,
+                compared=False,
+            )
+        )
+    rows.append(
+        ConflictRow(
+            "modified_at",
+            "Source last changed",
+            "",
+            _when_text(modified),
+            False,
+            compared=False,
+        )
+    )
+    return rows
+
+
+def _when_text(value: Any) -> str:
+    if value in (None, ""):
+        return ""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, datetime):
+        if timezone.is_aware(value):
+            value = timezone.localtime(value)
+        return value.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    return str(value)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-ParamKind = Literal["text", "url", "secret", "int", "path", "choice", "bool"]
+#: ``pem``: a block of text such as a PEM certificate (several lines, not secret).
+ParamKind = Literal["text", "url", "secret", "int", "path", "choice", "bool", "pem"]
 ReadMode = Literal["full", "incremental", "delta"]
 
 
@@ -165,10 +166,17 @@ class Window:
 
 @dataclass
 class PushResult:
-    """What a push of one hub record to the source did."""
+    """What a push of one hub record to the source did.
+
+    ``conflict``: the source refused the write because the record changed there since it was
+    read (an optimistic write whose ``If-Match`` no longer matched: HTTP 412); nothing was
+    changed, and the engine settles it under the sync's conflict policy. ``deleted``: a delete
+    the hub made was carried out in the source; ``unchanged`` for a delete: the source did not
+    have the record (any more).
+    """
 
     source_id: str
-    action: Literal["created", "updated", "unchanged", "skipped", "failed"]
+    action: Literal["created", "updated", "deleted", "unchanged", "skipped", "failed", "conflict"]
     message: str = ""
 
 

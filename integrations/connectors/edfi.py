@@ -24,7 +24,14 @@ mappings can fill reference fields directly.
 Pushing: hub incidents become a ``disciplineIncident`` (upserted by natural key: 201 created,
 200 updated), a ``studentDisciplineIncidentBehaviorAssociation`` linking the student (the ODS
 requires it before an action may reference the behavior), and a ``disciplineAction``.
-Narratives are never sent.
+Narratives are never sent. An update of an incident the source has (the row carries the
+``source_etag`` and ``source_resource_id`` the engine read) is a PUT of that item with
+``If-Match``, laid over the source's current item so its own fields stay; a 412 is reported as
+a ``conflict`` result and nothing is written. :meth:`EdFiConnector.delete_incident` deletes an
+incident the hub deleted, with its actions and associations.
+
+Unknown fields: ``EntityRead.known_fields`` lists what the Data Standard defines for the
+resources read (:data:`RESOURCE_FIELDS`); the pipeline warns about the others.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from integrations.connectors.base import (
     SourceRecord,
     Window,
 )
-from integrations.connectors.http import SourceHttp
+from integrations.connectors.http import HttpStatusError, SourceHttp
 from integrations.connectors.registry import register
 
 #: The ODS/API refuses a ``limit`` above this (a 400 "Limit must be ... between 0 and 500").
@@ -479,6 +486,258 @@ def normalize_timestamp(value: str) -> str:
         + (f".{fraction.ljust(6, '0')}" if fraction else "")
         + ("+00:00" if zone == "Z" else zone)
     )
+
+
+# --- Known fields ------------------------------------------------------------------------------
+
+
+class KnownFields(frozenset):
+    """The fields the Ed-Fi Data Standard defines for a resource, as records carry them.
+
+    A name ending in ``.`` stands for an object property: every field flattened out of it is
+    known (``schoolReference.`` covers ``schoolReference.schoolId``), since the standard defines
+    the object and flattening names its members. The pipeline asks ``name in known_fields``
+    and reports the others as unknown fields: a warning, never a failure.
+    """
+
+    def __contains__(self, name: object) -> bool:
+        if frozenset.__contains__(self, name):
+            return True
+        head, dot, _ = str(name).partition(".")
+        return bool(dot) and frozenset.__contains__(self, f"{head}.")
+
+
+_COMMON = ("id", "_etag", "_lastModifiedDate", "_ext.")
+#: Properties of each resource read, per Ed-Fi Data Standard 5 (ODS/API 7); ``x.`` for an
+#: object (a reference). Lists are flattened to one field under their own name.
+RESOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "schools": (
+        "schoolId",
+        "educationOrganizationCategories",
+        "gradeLevels",
+        "charterApprovalSchoolYearTypeReference.",
+        "localEducationAgencyReference.",
+        "addresses",
+        "administrativeFundingControlDescriptor",
+        "charterApprovalAgencyTypeDescriptor",
+        "charterStatusDescriptor",
+        "identificationCodes",
+        "indicators",
+        "institutionTelephones",
+        "internationalAddresses",
+        "internetAccessDescriptor",
+        "magnetSpecialProgramEmphasisSchoolDescriptor",
+        "nameOfInstitution",
+        "operationalStatusDescriptor",
+        "schoolCategories",
+        "schoolTypeDescriptor",
+        "shortNameOfInstitution",
+        "titleIPartASchoolDesignationDescriptor",
+        "webSite",
+    ),
+    "sessions": (
+        "sessionName",
+        "schoolReference.",
+        "schoolYearTypeReference.",
+        "academicWeeks",
+        "beginDate",
+        "endDate",
+        "gradingPeriods",
+        "termDescriptor",
+        "totalInstructionalDays",
+    ),
+    "gradingPeriods": (
+        "gradingPeriodDescriptor",
+        "gradingPeriodName",
+        "schoolReference.",
+        "schoolYearTypeReference.",
+        "beginDate",
+        "endDate",
+        "periodSequence",
+        "totalInstructionalDays",
+    ),
+    "staffs": (
+        "staffUniqueId",
+        "personReference.",
+        "addresses",
+        "ancestryEthnicOrigins",
+        "birthDate",
+        "citizenshipStatusDescriptor",
+        "credentials",
+        "electronicMails",
+        "firstName",
+        "genderIdentity",
+        "generationCodeSuffix",
+        "highestCompletedLevelOfEducationDescriptor",
+        "highlyQualifiedTeacher",
+        "hispanicLatinoEthnicity",
+        "identificationCodes",
+        "identificationDocuments",
+        "internationalAddresses",
+        "languages",
+        "lastSurname",
+        "loginId",
+        "maidenName",
+        "middleName",
+        "otherNames",
+        "personalIdentificationDocuments",
+        "personalTitlePrefix",
+        "preferredFirstName",
+        "preferredLastSurname",
+        "races",
+        "recognitions",
+        "sexDescriptor",
+        "telephones",
+        "tribalAffiliations",
+        "visas",
+        "yearsOfPriorProfessionalExperience",
+        "yearsOfPriorTeachingExperience",
+    ),
+    "students": (
+        "studentUniqueId",
+        "personReference.",
+        "birthCity",
+        "birthCountryDescriptor",
+        "birthDate",
+        "birthInternationalProvince",
+        "birthSexDescriptor",
+        "birthStateAbbreviationDescriptor",
+        "citizenshipStatusDescriptor",
+        "dateEnteredUS",
+        "firstName",
+        "generationCodeSuffix",
+        "identificationDocuments",
+        "lastSurname",
+        "maidenName",
+        "middleName",
+        "multipleBirthStatus",
+        "otherNames",
+        "personalIdentificationDocuments",
+        "personalTitlePrefix",
+        "preferredFirstName",
+        "preferredLastSurname",
+        "visas",
+    ),
+    "studentSchoolAssociations": (
+        "entryDate",
+        "calendarReference.",
+        "classOfSchoolYearTypeReference.",
+        "graduationPlanReference.",
+        "nextYearSchoolReference.",
+        "schoolReference.",
+        "schoolYearTypeReference.",
+        "studentReference.",
+        "alternativeGraduationPlans",
+        "educationPlans",
+        "employedWhileEnrolled",
+        "enrollmentTypeDescriptor",
+        "entryGradeLevelDescriptor",
+        "entryGradeLevelReasonDescriptor",
+        "entryTypeDescriptor",
+        "exitWithdrawDate",
+        "exitWithdrawTypeDescriptor",
+        "fullTimeEquivalency",
+        "nextYearGradeLevelDescriptor",
+        "primarySchool",
+        "repeatGradeIndicator",
+        "residencyStatusDescriptor",
+        "schoolChoice",
+        "schoolChoiceBasisDescriptor",
+        "schoolChoiceTransfer",
+        "termCompletionIndicator",
+    ),
+    "sections": (
+        "sectionIdentifier",
+        "courseOfferingReference.",
+        "locationReference.",
+        "locationSchoolReference.",
+        "availableCreditConversion",
+        "availableCredits",
+        "availableCreditTypeDescriptor",
+        "characteristics",
+        "classPeriods",
+        "courseLevelCharacteristics",
+        "educationalEnvironmentDescriptor",
+        "instructionLanguageDescriptor",
+        "mediumOfInstructionDescriptor",
+        "offeredGradeLevels",
+        "officialAttendancePeriod",
+        "populationServedDescriptor",
+        "programs",
+        "sectionName",
+        "sectionTypeDescriptor",
+        "sequenceOfCourse",
+    ),
+    "studentSectionAssociations": (
+        "beginDate",
+        "dualCreditEducationOrganizationReference.",
+        "sectionReference.",
+        "studentReference.",
+        "attemptStatusDescriptor",
+        "dualCreditIndicator",
+        "dualCreditInstitutionDescriptor",
+        "dualCreditTypeDescriptor",
+        "dualHighSchoolCreditIndicator",
+        "endDate",
+        "homeroomIndicator",
+        "programs",
+        "repeatIdentifierDescriptor",
+        "teacherStudentDataLinkExclusion",
+    ),
+    "studentSchoolAttendanceEvents": (
+        "attendanceEventCategoryDescriptor",
+        "eventDate",
+        "schoolReference.",
+        "sessionReference.",
+        "studentReference.",
+        "arrivalTime",
+        "attendanceEventReason",
+        "departureTime",
+        "educationalEnvironmentDescriptor",
+        "eventDuration",
+        "schoolAttendanceDuration",
+    ),
+    "grades": (
+        "gradeTypeDescriptor",
+        "gradingPeriodReference.",
+        "studentSectionAssociationReference.",
+        "currentGradeAsOfDate",
+        "currentGradeIndicator",
+        "diagnosticStatement",
+        "gradeEarnedDescription",
+        "learningStandardGrades",
+        "letterGradeEarned",
+        "numericGradeEarned",
+        "performanceBaseConversionDescriptor",
+    ),
+    "disciplineIncidents": (
+        "incidentIdentifier",
+        "schoolReference.",
+        "behaviors",
+        "caseNumber",
+        "externalParticipants",
+        "incidentCost",
+        "incidentDate",
+        "incidentDescription",
+        "incidentLocationDescriptor",
+        "incidentTime",
+        "reportedToLawEnforcement",
+        "reporterDescriptionDescriptor",
+        "reporterName",
+        "weapons",
+        # The first discipline action of the incident, flattened under this prefix by the
+        # enrichment (its own fields are those of a disciplineActions item).
+        "disciplineAction.",
+    ),
+}
+
+
+def known_fields(resources) -> KnownFields:
+    """The fields records of these resources may carry without a warning."""
+    names: set[str] = set(_COMMON)
+    for resource in resources:
+        names.update(RESOURCE_FIELDS.get(resource.name, ()))
+    return KnownFields(names)
 
 
 # --- Paging ------------------------------------------------------------------------------------
@@ -1200,6 +1459,7 @@ class EdFiConnector(Connector):
             records=records,
             key_changes=_collapse(key_changes),
             expected_total=total,
+            known_fields=known_fields(ENTITY_RESOURCES[entity]),
         )
 
     def _records(
@@ -1378,14 +1638,25 @@ class EdFiConnector(Connector):
             incident["behaviors"] = [{"behaviorDescriptor": behavior_uri}]
         # Narratives stay in the hub: they are free text about children, and a state system
         # has no business holding a teacher's account of an incident.
-        response = self._http.send_json("POST", self._data_path("disciplineIncidents"), incident)
-        if response.status_code not in (200, 201):
-            return PushResult(
-                source_id=source_id,
-                action="failed",
-                message=_problem("disciplineIncidents", response),
+        etag = str(row.get("source_etag") or "").strip().strip('"')
+        resource_id = str(row.get("source_resource_id") or "").strip()
+        outcome: PushResult | str | None = None
+        if etag and resource_id:
+            outcome = self._update_incident(resource_id, etag, incident, source_id)
+        if isinstance(outcome, PushResult):
+            return outcome  # refused, or changed in the source since it was read
+        if outcome is None:
+            response = self._http.send_json(
+                "POST", self._data_path("disciplineIncidents"), incident
             )
-        action = "created" if response.status_code == 201 else "updated"
+            if response.status_code not in (200, 201):
+                return PushResult(
+                    source_id=source_id,
+                    action="failed",
+                    message=_problem("disciplineIncidents", response),
+                )
+            outcome = "created" if response.status_code == 201 else "updated"
+        action = outcome
         student = str(row.get("student_source_id") or "").strip()
         if not student:
             return PushResult(source_id=source_id, action=action)
@@ -1447,6 +1718,180 @@ class EdFiConnector(Connector):
                     + _problem("disciplineActions", response),
                 )
         return PushResult(source_id=source_id, action=action)
+
+    def _update_incident(
+        self, resource_id: str, etag: str, incident: dict[str, Any], source_id: str
+    ) -> PushResult | str | None:
+        """Update an incident the source has, only if it is still the version the engine read.
+
+        The ODS/API replaces a whole resource on PUT (and on a POST upsert), so the fields the
+        hub does not hold (the source's description, location, reporter, other behaviors...)
+        are taken from the source's current item and only the hub's fields are laid over them.
+        ``If-Match`` carries the ETag of the version the engine decided on: a 412 means the
+        source changed the incident since, and nothing was written (``action="conflict"``).
+        Returns "updated", a failed or conflict :class:`PushResult`, or None when the incident
+        is gone from the source (the caller creates it again).
+        """
+        path = f"{self._data_path('disciplineIncidents')}/{resource_id}"
+        try:
+            current, _ = self._http.get_json(path)
+        except HttpStatusError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if not isinstance(current, dict):
+            raise ConnectorError(f"GET {self._http.url(path)} answered something not an object")
+        body = {
+            k: _without_links(v)
+            for k, v in current.items()
+            if k not in ("id", "_etag", "_lastModifiedDate", "link")
+        }
+        for name in ("incidentIdentifier", "schoolReference", "incidentDate", "incidentTime"):
+            if name in incident:
+                body[name] = incident[name]
+        if incident.get("behaviors"):
+            ours = incident["behaviors"][0]
+            theirs = _objects(body, "behaviors")
+            if theirs:
+                # The hub knows one behavior: it replaces the source's first, the rest stay.
+                first = {**theirs[0], **ours}
+                rest = [
+                    b
+                    for b in theirs[1:]
+                    if b.get("behaviorDescriptor") != ours["behaviorDescriptor"]
+                ]
+                body["behaviors"] = [first, *rest]
+            else:
+                body["behaviors"] = [ours]
+        response = self._http.send_json("PUT", path, body, headers={"If-Match": f'"{etag}"'})
+        if response.status_code == 412:
+            return PushResult(
+                source_id=source_id,
+                action="conflict",
+                message="changed in the source since it was read: "
+                + _problem("disciplineIncidents", response),
+            )
+        if response.status_code == 404:
+            return None
+        if response.status_code not in (200, 201, 204):
+            return PushResult(
+                source_id=source_id,
+                action="failed",
+                message=_problem("disciplineIncidents", response),
+            )
+        return "updated"
+
+    def delete_incident(self, source_id: str, *, etag: str | None = None) -> PushResult:
+        """Delete an incident the hub deleted, with what hangs on it, in the order the ODS/API
+        allows (it refuses to delete an item another still references, 409):
+
+        1. its discipline actions: an action that refers only to this incident's student
+           behavior associations is deleted; one that also refers to another incident is kept
+           and only loses the references to this one (a PUT);
+        2. its studentDisciplineIncidentBehaviorAssociations;
+        3. the incident itself, with ``If-Match``.
+
+        ``etag``: the version of the incident the engine decided on. When the incident is no
+        longer that version, nothing is deleted and the result is ``conflict``; the check is
+        made before step 1, so a conflict leaves the actions and associations as they were.
+        ``unchanged`` when the source has no such incident (deleted there already).
+        """
+        try:
+            school_id, identifier = _split_incident_id(source_id)
+        except ValueError as exc:
+            return PushResult(source_id=source_id, action="failed", message=str(exc))
+        keys = {"schoolId": school_id, "incidentIdentifier": identifier}
+        items = self._query(DISCIPLINE_INCIDENTS, keys)
+        if not items:
+            return PushResult(
+                source_id=source_id, action="unchanged", message="not in the source (any more)"
+            )
+        item = items[0]
+        current = str(item.get("_etag") or "").strip('"')
+        wanted = str(etag or "").strip('"')
+        if wanted and current and current != wanted:
+            return PushResult(
+                source_id=source_id,
+                action="conflict",
+                message=f"changed in the source since it was read (its ETag is no longer {wanted})",
+            )
+        links = self._query(BEHAVIOR_ASSOCIATIONS, keys)
+        students = sorted(
+            {
+                str(_dig(link, "studentReference.studentUniqueId"))
+                for link in links
+                if _dig(link, "studentReference.studentUniqueId") is not None
+            }
+        )
+        sdiba = "studentDisciplineIncidentBehaviorAssociations"
+        for student in students:
+            actions = self._pager(
+                DISCIPLINE_ACTIONS.name, {"studentUniqueId": student}, progress=False
+            )
+            for action in list(actions):
+                refs = _objects(action, sdiba)
+                ours = [r for r in refs if _refers_to(r, keys)]
+                if not ours:
+                    continue
+                path = f"{self._data_path('disciplineActions')}/{action['id']}"
+                if len(ours) == len(refs):
+                    response = self._http.send_json("DELETE", path, None)
+                else:
+                    body = {
+                        k: _without_links(v)
+                        for k, v in action.items()
+                        if k not in ("id", "_etag", "_lastModifiedDate", "link")
+                    }
+                    body[sdiba] = _without_links([r for r in refs if r not in ours])
+                    response = self._http.send_json("PUT", path, body)
+                if response.status_code not in (200, 204, 404):
+                    return PushResult(
+                        source_id=source_id,
+                        action="failed",
+                        message="its discipline action "
+                        f"{action.get('disciplineActionIdentifier')} could not be removed: "
+                        + _problem("disciplineActions", response),
+                    )
+        for link in links:
+            path = f"{self._data_path(sdiba)}/{link['id']}"
+            response = self._http.send_json("DELETE", path, None)
+            if response.status_code not in (204, 404):
+                return PushResult(
+                    source_id=source_id,
+                    action="failed",
+                    message="its student behavior association could not be deleted: "
+                    + _problem(sdiba, response),
+                )
+        path = f"{self._data_path('disciplineIncidents')}/{item['id']}"
+        headers = {"If-Match": f'"{current}"'} if current else None
+        response = self._http.send_json("DELETE", path, None, headers=headers)
+        if response.status_code == 412:
+            return PushResult(
+                source_id=source_id,
+                action="conflict",
+                message="changed in the source while it was being deleted: "
+                + _problem("disciplineIncidents", response),
+            )
+        if response.status_code == 404:
+            return PushResult(
+                source_id=source_id, action="unchanged", message="not in the source (any more)"
+            )
+        if response.status_code not in (200, 204):
+            return PushResult(
+                source_id=source_id,
+                action="failed",
+                message=_problem("disciplineIncidents", response),
+            )
+        return PushResult(source_id=source_id, action="deleted")
+
+    def find_incident_key(self, identifier: str) -> str | None:
+        """The source id (``schoolId|incidentIdentifier``) of the incident with this
+        identifier in any school, or None: for a hub incident that was sent under its stable
+        identifier while keeping another system's lineage."""
+        items = self._query(DISCIPLINE_INCIDENTS, {"incidentIdentifier": identifier})
+        if not items:
+            return None
+        return incident_source_id(_key_values(DISCIPLINE_INCIDENTS.keys, items[0]))
 
 
 _ED_FI_BEHAVIOR = {hub: ed_fi for ed_fi, hub in BEHAVIORS.items()}
@@ -1717,6 +2162,14 @@ class _Enricher:
                     "_parentSourceId": None,
                 },
             )
+
+
+def _refers_to(link: Mapping[str, Any], keys: Mapping[str, Any]) -> bool:
+    """Whether a discipline action's association entry refers to the incident ``keys``."""
+    ref = link.get("studentDisciplineIncidentBehaviorAssociationReference") or {}
+    return str(ref.get("schoolId")) == str(keys["schoolId"]) and str(
+        ref.get("incidentIdentifier")
+    ) == str(keys["incidentIdentifier"])
 
 
 def _objects(item: Mapping[str, Any], name: str) -> list[dict[str, Any]]:

@@ -205,19 +205,32 @@ class SourceHttp:
                 f"is not JSON: {_preview(response)}"
             ) from None
 
-    def send_json(self, method: str, path: str, body: Any) -> httpx.Response:
+    def send_json(
+        self, method: str, path: str, body: Any, *, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         """POST/PUT/DELETE for pushes: any answer below 500 except 429 (the caller judges 4xx).
 
         429 and 5xx are retried like reads; a 401 refreshes the token once, and a second 401
-        raises :class:`CredentialsRejected`.
+        raises :class:`CredentialsRejected`. ``headers`` are sent as well (``If-Match`` for an
+        optimistic write: a 412 answer is the caller's to judge, like any 4xx). ``body`` None
+        sends no body (a DELETE).
         """
-        return self._call(method.upper(), path, params=None, body=body, push=True)
+        return self._call(
+            method.upper(), path, params=None, body=body, push=True, extra_headers=headers
+        )
 
     def close(self) -> None:
         self._client.close()
 
     def _call(
-        self, method: str, path: str, *, params: dict | None, body: Any, push: bool
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None,
+        body: Any,
+        push: bool,
+        extra_headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         url = self.url(path)
         shown = str(httpx.URL(url, params=params)) if params else url
@@ -225,7 +238,7 @@ class SourceHttp:
         refreshed = False
         failures = 0
         while True:
-            headers = {"Authorization": f"Bearer {self.token()}"}
+            headers = {**(extra_headers or {}), "Authorization": f"Bearer {self.token()}"}
             if content is not None:
                 headers["Content-Type"] = "application/json"
             response, failure = self._attempt(

@@ -20,10 +20,16 @@ the same way (the CSV one from the package's other files):
 
 Incremental reads filter on ``dateLastModified`` inside a window fixed by :meth:`begin` before
 anything is read (see its docstring), and ``status=tobedeleted`` records arrive as deletes.
+
+A JSON attribute the 1.2 binding does not define for the collection (:data:`JSON_FIELDS`; a
+vendor's addition outside ``metadata``) is handed over under its own name, so a mapping can
+use it, and is reported as an unknown field: the run's warnings name it, as the CSV connector's
+do for an unknown column. It never fails the run.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -123,6 +129,104 @@ def role_fields(
 
 
 # --- JSON (REST binding) -> CSV column names --------------------------------------------------
+
+_BASE_FIELDS = ("sourcedId", "status", "dateLastModified", "metadata")
+#: The attributes the OneRoster 1.2 REST binding defines per collection (envelope key), from
+#: 1EdTech's OpenAPI definition of the rostering service. ``role`` and ``orgs`` of users are
+#: 1.1's, still sent by servers that speak both and read by :func:`_user_fields`.
+JSON_FIELDS: dict[str, frozenset[str]] = {
+    "orgs": frozenset((*_BASE_FIELDS, "name", "type", "identifier", "parent", "children")),
+    "academicSessions": frozenset(
+        (*_BASE_FIELDS, "title", "startDate", "endDate", "type", "parent", "children", "schoolYear")
+    ),
+    "users": frozenset(
+        (
+            *_BASE_FIELDS,
+            "userMasterIdentifier",
+            "username",
+            "userIds",
+            "enabledUser",
+            "givenName",
+            "familyName",
+            "middleName",
+            "preferredFirstName",
+            "preferredMiddleName",
+            "preferredLastName",
+            "pronouns",
+            "roles",
+            "userProfiles",
+            "primaryOrg",
+            "identifier",
+            "email",
+            "sms",
+            "phone",
+            "agents",
+            "grades",
+            "password",
+            "resources",
+            "role",
+            "orgs",
+        )
+    ),
+    "classes": frozenset(
+        (
+            *_BASE_FIELDS,
+            "title",
+            "classCode",
+            "classType",
+            "location",
+            "grades",
+            "subjects",
+            "course",
+            "school",
+            "terms",
+            "subjectCodes",
+            "periods",
+            "resources",
+        )
+    ),
+    "enrollments": frozenset(
+        (*_BASE_FIELDS, "user", "class", "school", "role", "primary", "beginDate", "endDate")
+    ),
+    "demographics": frozenset(
+        (
+            *_BASE_FIELDS,
+            "birthDate",
+            "sex",
+            "americanIndianOrAlaskaNative",
+            "asian",
+            "blackOrAfricanAmerican",
+            "nativeHawaiianOrOtherPacificIslander",
+            "white",
+            "demographicRaceTwoOrMoreRaces",
+            "hispanicOrLatinoEthnicity",
+            "countryOfBirthCode",
+            "stateOfBirthAbbreviation",
+            "cityOfBirth",
+            "publicSchoolResidenceStatus",
+        )
+    ),
+}
+#: Fields the connector adds to records besides the mapped attributes (see the module
+#: docstring): known, so never reported.
+DERIVED_FIELDS = frozenset(("birthDate", "courseCode", "courseTitle"))
+
+
+def _unknown_attributes(item: dict[str, Any], key: str) -> dict[str, Any]:
+    """The item's attributes the binding does not define for the collection ``key``, as
+    source fields (objects and lists as compact JSON)."""
+    known = JSON_FIELDS.get(key)
+    if known is None:
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in item.items():
+        if name in known:
+            continue
+        if isinstance(value, dict | list):
+            out[name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        else:
+            out[name] = _scalar(value)
+    return out
 
 
 def _ref(value: Any) -> str | None:
@@ -796,6 +900,7 @@ class OneRosterRestConnector(Connector):
             records=self._records(pagers, plan, window),
             explode=plan.explode,
             expected_total=expected,
+            known_fields=frozenset(plan.fields({})) | DERIVED_FIELDS,
         )
 
     def close(self) -> None:
@@ -844,6 +949,9 @@ class OneRosterRestConnector(Connector):
         for pager in pagers:
             for item in pager:
                 fields = plan.fields(item)
+                for name, value in _unknown_attributes(item, pager.key).items():
+                    # Under its own name, for a mapping that wants it; the pipeline warns.
+                    fields.setdefault(name, value)
                 sid = str(fields["sourcedId"])
                 if birth_date is not None:
                     fields["birthDate"] = birth_date(sid)

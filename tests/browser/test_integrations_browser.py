@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import time
+from pathlib import Path
 
 import pytest
 from django.core.files import File
 
 from integrations import services
-from integrations.choices import RunStatus
-from integrations.models import IdentityReview, Integration, SyncDefinition, SyncRun
+from integrations.choices import ConflictPolicy, RunStatus
+from integrations.models import (
+    ConflictStatus,
+    IdentityReview,
+    Integration,
+    SyncConflict,
+    SyncDefinition,
+    SyncRun,
+)
 from integrations.sample import build_roster, write_zip
 from tests.browser.conftest import screenshot
 from tests.browser.test_admin_browser import login
+from tests.integrations.peers.edfi import EdFiPeer
 from tests.integrations.peers.oneroster_rest import OneRosterPeer
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -264,3 +274,68 @@ def test_a_held_run_is_previewed_then_approved(page, live_server, north, system,
     review.refresh_from_db()
     assert review.status == "merged"
     assert "record s777 is now linked" in page.locator(".messagelist").inner_text()
+
+
+@pytest.fixture
+def edfi_peer(settings):
+    settings.OUTBOUND_HTTP = {**settings.OUTBOUND_HTTP, "ALLOW_LOOPBACK": True}
+    with EdFiPeer() as peer:
+        yield peer
+
+
+def test_a_sync_conflict_is_compared_and_resolved(page, live_server, north, system, edfi_peer):
+    # A bidirectional Ed-Fi sync under manual review; an incident pushed, then changed on both
+    # sides: the next run records the conflict and changes neither side.
+    from tests.integrations.test_bidirectional import (
+        at_peer,
+        change_hub,
+        change_source,
+        fresh,
+        hub_incident,
+        make_definition,
+        sync,
+    )
+
+    definition = make_definition(north, system, edfi_peer, ConflictPolicy.MANUAL)
+    sync(definition, system)
+    incident = hub_incident(north, system)
+    sync(definition, system)
+    change_source(edfi_peer, incident, at="11:15:00")
+    change_hub(incident, system, at=time(13, 0))
+    sync(definition, system)
+    conflict = SyncConflict.objects.get(definition=definition, status=ConflictStatus.OPEN)
+
+    login(page, live_server, north.users["district_admin"].username)
+    page.goto(f"{live_server.url}/admin/integrations/syncconflict/")
+    assert conflict.source_id in page.locator("#result_list").inner_text()
+    assert "Differ: Time of day" in page.locator("#result_list").inner_text()
+    page.click(f"#result_list a[href*='/syncconflict/{conflict.pk}/change/']")
+    page.wait_for_selector("#conflict-compare")
+    differing = page.locator("#conflict-compare tr.integration-differs")
+    assert differing.count() == 1
+    assert differing.get_attribute("data-field") == "occurred_at"
+    cells = differing.locator("td").all_inner_texts()
+    assert cells == ["13:00:00", "11:15:00"]
+    # The differing row is visibly marked.
+    background = differing.locator("td").first.evaluate(
+        "el => getComputedStyle(el).backgroundColor"
+    )
+    assert background == "rgb(255, 243, 214)"
+    Path("/tmp/shots").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path="/tmp/shots/sync_conflicts.png", full_page=True)
+    screenshot(page, "integrations-sync-conflict")
+
+    page.click("#conflict-keep-source")
+    page.wait_for_selector(".messagelist")
+    assert "the hub took State Ed-Fi's version" in page.locator(".messagelist").inner_text()
+    assert page.locator("#conflict-keep-source").count() == 0
+    assert (
+        "Resolved: the source's version was kept"
+        in page.locator(".field-status_badge").inner_text()
+    )
+    conflict.refresh_from_db()
+    assert conflict.status == ConflictStatus.RESOLVED_SOURCE
+    assert conflict.decided_by == north.users["district_admin"]
+    assert fresh(incident).occurred_at == time(11, 15)
+    assert at_peer(edfi_peer, incident)["incidentTime"] == "11:15:00"
+    screenshot(page, "integrations-sync-conflict-resolved")

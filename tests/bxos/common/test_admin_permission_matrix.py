@@ -62,6 +62,7 @@ def facts(obj):
         im.SyncRun,
         im.RecordError,
         im.IdentityReview,
+        im.SyncConflict,
     ):
         return DISTRICT_WIDE
     if m is sm.School:
@@ -250,7 +251,8 @@ def worlds(north, south, client, system):
 
 
 def _integration_rows(w, system) -> None:
-    """An integration with a crosswalk, a definition, a run, a record error and a review."""
+    """An integration with a crosswalk, a definition, a run, a record error, a review and a
+    sync conflict."""
     from bxos.common.services import model_create
     from integrations import services as sync
 
@@ -295,6 +297,16 @@ def _integration_rows(w, system) -> None:
         incoming={"first_name": w.a1.first_name},
         candidate_id=w.a1.pk,
         reason="same name and birth date",
+    )
+    im.SyncConflict.objects.create(
+        district=w.district,
+        definition=definition,
+        run=run,
+        entity="incident",
+        object_id=w.incidents[w.a1.pk].pk,
+        source_id=f"{w.code}|INC-1",
+        hub={"occurred_on": "2026-10-02", "occurred_at": "13:00:00", "behavior_code": "defiance"},
+        source={"incidentDate": "2026-10-02", "incidentTime": "11:15:00"},
     )
 
 
@@ -344,10 +356,15 @@ def test_admin_matrix(role, worlds, client):
             else:
                 assert response.status_code == 200, (role, model._meta.label, obj.pk)
                 editable = response.context["has_change_permission"]
-                # Runs, record errors and reviews change only through their buttons (approve,
-                # roll back, dismiss, merge), which the change permission guards; the pages
-                # themselves are read-only.
-                page_editable = model not in (im.SyncRun, im.RecordError, im.IdentityReview)
+                # Runs, record errors, reviews and conflicts change only through their buttons
+                # (approve, roll back, dismiss, merge, keep a side), which the change
+                # permission guards; the pages themselves are read-only.
+                page_editable = model not in (
+                    im.SyncRun,
+                    im.RecordError,
+                    im.IdentityReview,
+                    im.SyncConflict,
+                )
                 assert editable == (
                     role_can(role, model, "change") and not shipped(obj) and page_editable
                 ), (

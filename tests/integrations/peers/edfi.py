@@ -11,6 +11,15 @@ It speaks the parts of the protocol the connector uses, the way the ODS/API does
   (inclusive) and query-by-example on the natural key fields; ``/deletes`` and
   ``/keyChanges`` with the same parameters; POST (upsert by natural key: 201 or 200), PUT and
   DELETE by ``id``; errors as Ed-Fi problem details.
+- Optimistic concurrency as the ODS/API does it: every item has an ETag (the ``ETag`` header of
+  a GET by id, POST and PUT answers, and ``_etag`` in bodies); a POST that updates, a PUT or a
+  DELETE with an ``If-Match`` header that is not the item's current ETag changes nothing and
+  answers ``412`` (``urn:ed-fi:api:optimistic-lock-failed``). Without ``If-Match`` the write
+  goes through (the ODS's opt-in model).
+- A DELETE of an item another item still references answers ``409``
+  (``urn:ed-fi:api:conflict:dependent-item-exists``): an incident with behavior associations,
+  an association a discipline action refers to. (The :meth:`EdFiPeer.delete` knob does not
+  check: it stands for the ODS's own cascades in fixtures.)
 
 One global change version counter is stamped on every insert, update, delete and key change,
 as the ODS does with its database sequence. Items are listed in insertion order (the ODS orders
@@ -19,8 +28,10 @@ happens to offsets when an item leaves a change window while a client pages thro
 
 Test knobs: :meth:`EdFiPeer.force` (queued answers such as 429 with Retry-After, or 503),
 ``requests`` (the request log), :meth:`insert` / :meth:`update` / :meth:`delete` (which stamp
-change versions and record deletes and key changes), and :meth:`after_page` (run a mutation
-while a client is paging).
+change versions and record deletes and key changes), :meth:`after_page` (run a mutation
+while a client is paging) and ``before_write`` (callables ``(peer, method, resource, id)``
+run before a client's PUT or DELETE of an item is applied: another client's change landing
+just before ours).
 """
 
 from __future__ import annotations
@@ -294,6 +305,7 @@ class EdFiPeer:
         self._key_changes: dict[str, list[dict[str, Any]]] = {name: [] for name in self.RESOURCES}
         self._page_calls: dict[str, int] = {}
         self._page_hooks: list[tuple[str, int, Callable[[EdFiPeer], None]]] = []
+        self.before_write: list[Callable[[EdFiPeer, str, str, str], None]] = []
         if fixture:
             load_fixture(self)
 
@@ -518,7 +530,8 @@ class EdFiPeer:
         if parts[:2] == ["data", "v3"]:
             rest = self._year(parts[2:])
             if len(rest) >= 2 and rest[0] == "ed-fi" and rest[1] in self._data:
-                return self._resource(method, rest[1], rest[2:], query, body)
+                if_match = headers.get("if-match")
+                return self._resource(method, rest[1], rest[2:], query, body, if_match)
         raise _not_found(f"No resource at {path}.")
 
     def _year(self, parts: list[str]) -> list[str]:
@@ -567,7 +580,13 @@ class EdFiPeer:
             )
 
     def _resource(
-        self, method: str, resource: str, rest: list[str], query: dict[str, str], body: bytes
+        self,
+        method: str,
+        resource: str,
+        rest: list[str],
+        query: dict[str, str],
+        body: bytes,
+        if_match: str | None = None,
     ) -> tuple[int, dict[str, str], Any]:
         if method == "GET" and rest in ([], ["deletes"], ["keyChanges"]):
             return self._list(resource, rest[0] if rest else "", query)
@@ -576,13 +595,19 @@ class EdFiPeer:
             if stored is None:
                 raise _not_found("The resource could not be found.")
             return 200, {"ETag": f'"{stored.etag}"'}, self._render(stored)
+        if method in ("PUT", "DELETE") and len(rest) == 1:
+            for hook in list(self.before_write):
+                hook(self, method, resource, rest[0])
         if method == "POST" and not rest:
-            return self._post(resource, self._json(body))
+            return self._post(resource, self._json(body), if_match)
         if method == "PUT" and len(rest) == 1:
-            return self._put(resource, rest[0], self._json(body))
+            return self._put(resource, rest[0], self._json(body), if_match)
         if method == "DELETE" and len(rest) == 1:
-            if rest[0] not in self._data[resource]:
+            stored = self._data[resource].get(rest[0])
+            if stored is None:
                 raise _not_found("Resource to delete was not found.")
+            self._check_etag(stored, if_match)
+            self._check_no_dependents(resource, stored)
             self.delete(resource, rest[0])
             return 204, {}, None
         raise ProblemError(
@@ -749,20 +774,78 @@ class EdFiPeer:
                         },
                     )
 
-    def _post(self, resource: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    @staticmethod
+    def _check_etag(stored: _Stored, if_match: str | None) -> None:
+        if if_match is None:
+            return
+        if if_match.strip() != "*" and if_match.strip().strip('"') != stored.etag:
+            raise ProblemError(
+                412,
+                {
+                    "type": "urn:ed-fi:api:optimistic-lock-failed",
+                    "title": "Optimistic Lock Failed",
+                    "detail": "The resource item has been modified by another user.",
+                    "errors": [
+                        "The resource item's etag value does not match what was specified in "
+                        "the 'If-Match' request header indicating that it has been modified by "
+                        "another client since it was last retrieved."
+                    ],
+                },
+            )
+
+    def _check_no_dependents(self, resource: str, stored: _Stored) -> None:
+        """The ODS refuses to delete an item that another item references."""
+        keys = key_values(resource, stored.body)
+        dependents: list[str] = []
+        for other, refs in REFERENCES.items():
+            for ref_path, target, mapping in refs:
+                if target != resource:
+                    continue
+                for item in self._data[other].values():
+                    reference = dig(item.body, ref_path) or {}
+                    if all(reference.get(f) == keys[k] for k, f in mapping.items()):
+                        dependents.append(other)
+                        break
+        sdiba = "studentDisciplineIncidentBehaviorAssociations"
+        if resource == sdiba:
+            for item in self._data["disciplineActions"].values():
+                for link in item.body.get(sdiba) or []:
+                    ref = (link or {}).get(f"{sdiba[:-1]}Reference") or {}
+                    if all(ref.get(name) == keys[name] for name, _ in KEYS[sdiba]):
+                        dependents.append("disciplineActions")
+                        break
+        if dependents:
+            names = ", ".join(sorted({d[0].upper() + d[1:-1] for d in dependents}))
+            raise ProblemError(
+                409,
+                {
+                    "type": "urn:ed-fi:api:conflict:dependent-item-exists",
+                    "title": "Dependent Item Exists",
+                    "detail": "The requested action cannot be performed because this item is "
+                    f"referenced by existing {names} item(s).",
+                },
+            )
+
+    def _post(
+        self, resource: str, body: dict[str, Any], if_match: str | None = None
+    ) -> tuple[int, dict[str, str], Any]:
         self._validate(resource, body)
         existing = self._find_by_key(resource, key_values(resource, body))
         if existing is not None:
+            self._check_etag(existing, if_match)
             self._replace(resource, existing, body)
             return 200, {"ETag": f'"{existing.etag}"'}, None
         stored = self._create(resource, body)
         location = f"{self.url}/data/v3/ed-fi/{resource}/{stored.id}"
         return 201, {"Location": location, "ETag": f'"{stored.etag}"'}, None
 
-    def _put(self, resource: str, id: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    def _put(
+        self, resource: str, id: str, body: dict[str, Any], if_match: str | None = None
+    ) -> tuple[int, dict[str, str], Any]:
         stored = self._data[resource].get(id)
         if stored is None:
             raise _not_found("Resource to update was not found.")
+        self._check_etag(stored, if_match)
         if body.get("id") not in (None, id):
             raise _bad_data({"$.id": ["Resource identifier in the body does not match the URL."]})
         self._validate(resource, body)

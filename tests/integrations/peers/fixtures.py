@@ -71,6 +71,8 @@ class Record:
     status: str = "active"
     date_last_modified: datetime = INITIAL_MODIFIED
     change_version: int = 0
+    #: attributes a vendor adds outside the specification, served as they are
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)

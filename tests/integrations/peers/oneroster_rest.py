@@ -437,6 +437,7 @@ class OneRosterPeer:
             ]:
                 if value:
                     out[key] = value
+        out.update(record.extra)
         return out
 
 
