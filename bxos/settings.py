@@ -202,6 +202,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["bxos.api.authentication.ClientTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["bxos.api.permissions.HasClientScope"],
     "DEFAULT_RENDERER_CLASSES": ["bxos.api.renderers.OrjsonRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "bxos.api.renderers.ApiContentNegotiation",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "bxos.api.errors.problem_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["bxos.api.throttling.ClientRateThrottle"],

@@ -103,16 +103,35 @@ def _http_date(day: date) -> str:
     return format_datetime(datetime.combine(day, time(0, 0), tzinfo=UTC), usegmt=True)
 
 
+def api_version_of(path: str) -> str | None:
+    """The API version a request path belongs to: its first segment under /api/ for REST
+    (/api/v1/...), the version GraphQL serves (its view's ``api_version``) for /api/graphql/;
+    None for anything else."""
+    if path.startswith("/api/v"):
+        return path.split("/")[2]
+    if path.startswith("/api/graphql/"):
+        from django.urls import Resolver404, resolve
+
+        try:
+            match = resolve(path)
+        except Resolver404:
+            return None
+        view_class = getattr(match.func, "view_class", None) or getattr(match.func, "cls", None)
+        return getattr(view_class, "api_version", None)
+    return None
+
+
 class ApiVersionMiddleware:
-    """Deprecation and Sunset headers for a deprecated version; 410 once it is sunset."""
+    """Deprecation and Sunset headers for a deprecated version; 410 once it is sunset. REST
+    and GraphQL alike: GraphQL follows the version whose resources it serves."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if not request.path.startswith("/api/v"):
+        version = api_version_of(request.path_info)
+        if version is None:
             return self.get_response(request)
-        version = request.path.split("/")[2]
         info = version_info(version)
         if info.get("status") == SUNSET:
             return JsonResponse(

@@ -40,10 +40,16 @@ def test_deprecated_version_sends_deprecation_and_sunset(north, system, settings
             }
         },
     }
-    response = api(token_for(make_client(north, system)[0])).get("/api/v1/schools")
+    http = api(token_for(make_client(north, system)[0]))
+    response = http.get("/api/v1/schools")
     assert response.status_code == 200
     assert response["Deprecation"] == "@1793491200"  # 2026-11-01T00:00:00Z
     assert response["Sunset"] == "Thu, 01 Jul 2027 00:00:00 GMT"
+    # GraphQL serves v1's resources: it is deprecated with it.
+    answer = http.post("/api/graphql/", {"query": "{ schools { items { id } } }"}, format="json")
+    assert answer.status_code == 200 and answer.json()["data"]["schools"]["items"]
+    assert answer["Deprecation"] == "@1793491200"
+    assert answer["Sunset"] == "Thu, 01 Jul 2027 00:00:00 GMT"
     sync_catalogue()
     assert set(ApiEndpoint.objects.values_list("status", flat=True)) == {"deprecated"}
 
@@ -53,9 +59,13 @@ def test_sunset_version_is_410(north, system, settings):
         **settings.API,
         "VERSIONS": {"v1": {"status": "sunset", "sunset": date(2026, 1, 1), "successor": "v2"}},
     }
-    response = api(token_for(make_client(north, system)[0])).get("/api/v1/schools")
+    http = api(token_for(make_client(north, system)[0]))
+    response = http.get("/api/v1/schools")
     assert response.status_code == 410
     assert response.json()["type"] == "urn:bxos:problem:version-sunset"
+    answer = http.post("/api/graphql/", {"query": "{ schools { items { id } } }"}, format="json")
+    assert answer.status_code == 410
+    assert answer.json()["type"] == "urn:bxos:problem:version-sunset"
 
 
 def test_catalogue_in_the_admin(north, client):
