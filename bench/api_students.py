@@ -32,7 +32,6 @@ django.setup()
 import httpx  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
-from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from oauth2_provider.models import AccessToken  # noqa: E402
 from oauthlib.common import generate_token  # noqa: E402
@@ -82,14 +81,23 @@ def setup(n: int) -> tuple[str, str]:
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token.token}")
     queries = {}
+    executed: list[tuple[str, list]] = []
+
+    def record(execute, sql, values, many, context):
+        executed.append((sql, list(values or ())))
+        return execute(sql, values, many, context)
+
     for label, params in (("first", {"limit": 100}), ("last", {"limit": 100, "after": cursor})):
-        with CaptureQueriesContext(connection) as ctx:
+        executed.clear()
+        with connection.execute_wrapper(record):
             assert api.get("/api/v1/students", params).status_code == 200
         # The API runs the page's SELECT inside one statement that also writes the disclosure
-        # row (bxos.api.pages); the reference runs that SELECT alone.
-        statement = [q["sql"] for q in ctx if 'FROM "schools_student"' in q["sql"]][-1]
-        start = statement.index("AS MATERIALIZED (") + len("AS MATERIALIZED (")
-        queries[label] = statement[start : statement.rindex("), disclosed AS (")]
+        # row (bxos.api.pages); the reference runs that SELECT alone, its values inlined.
+        sql, values = [(q, v) for q, v in executed if 'FROM "schools_student"' in q][-1]
+        start = sql.index("AS MATERIALIZED (") + len("AS MATERIALIZED (")
+        end = sql.rindex("), disclosed AS (")
+        select = sql[start:end]
+        queries[label] = connection.ops.compose_sql(select, values[: select.count("%s")])
     SQL_FILE.write_text(json.dumps(queries))
     return token.token, cursor
 

@@ -122,6 +122,12 @@ DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
     "application_name",
     " ".join(["bxos", Path(sys.argv[0]).name, *sys.argv[1:2]])[:63],
 )
+# Statements run through bxos.common.db.prepared_cursor (the API's hottest few) are prepared
+# once they have run this many times on a connection; Django's own cursors bind on the client
+# and never prepare. Empty turns it off, for a pooler that cannot keep prepared statements
+# (PgBouncer before 1.21 in transaction mode).
+_prepare = env.str("DB_PREPARE_THRESHOLD", default="5")
+DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", int(_prepare) if _prepare else None)
 DATABASES["default"]["TEST"] = {"NAME": env.str("BXOS_TEST_DB_NAME", default="test_bxos")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

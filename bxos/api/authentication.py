@@ -13,6 +13,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from bxos.api.models import ApiClient, FieldProfile
 from bxos.common import roles
+from bxos.common.db import prepared_cursor
 
 
 def staff_access_problem(client: ApiClient, user) -> str | None:
@@ -65,7 +66,7 @@ def _load_token(checksum: str):
     global _TOKEN_SQL
     if _TOKEN_SQL is None:
         _TOKEN_SQL = _sql()
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_TOKEN_SQL, [checksum])
         row = cursor.fetchone()
     if row is None:

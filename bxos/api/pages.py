@@ -33,6 +33,7 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from bxos.api.paging import Page
+from bxos.common.db import prepared_cursor
 
 # Shapes are few (clients x resources x field sets x page kinds); the bound only stops a
 # process from growing without limit if something unusual varies (page sizes, say).
@@ -41,8 +42,9 @@ _MAX_SHAPES = 2048
 _DISCLOSE = (
     "INSERT INTO api_disclosurelogentry (at, client_id, district_id, purpose, endpoint, method, "
     "query, student_ids, count, request_id, acting_user_id) "
-    "SELECT now(), %s, %s, %s, %s, %s, %s, array_agg(DISTINCT s.student ORDER BY s.student), "
-    "count(DISTINCT s.student), %s, %s "
+    "SELECT now(), %s::bigint, %s::bigint, %s::text, %s::text, %s::text, %s::text, "
+    "array_agg(DISTINCT s.student ORDER BY s.student), count(DISTINCT s.student), %s::text, "
+    "%s::bigint "
     "FROM (SELECT {student} AS student FROM page ORDER BY {order} LIMIT {sent}) AS s "
     "WHERE s.student IS NOT NULL HAVING count(s.student) > 0"
 )
@@ -70,7 +72,7 @@ class PageStatement:
             return [], []
         # The page's SELECT comes first in the text, the disclosure's INSERT after it.
         params = [*self.fixed, *page_values, *(disclosure if self.discloses else ())]
-        with connection.cursor() as cursor:
+        with prepared_cursor() as cursor:
             cursor.execute(self.sql, params)
             rows = cursor.fetchall()
         if self.converters:

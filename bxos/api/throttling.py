@@ -66,6 +66,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from bxos.api.models import ApiClient, ThrottleException, ThrottleRule
+from bxos.common.db import prepared_cursor
 
 MINUTE = 60
 HOUR = 3600
@@ -307,7 +308,7 @@ def describe_limits(client: ApiClient) -> list[str]:
 # and inside a transaction every counter of it falls in the same windows.
 _HIT_SQL = """
 INSERT INTO api_rate_counter AS c (key, window_start, count)
-SELECT v.key,
+SELECT v.key::text,
        to_timestamp((floor(extract(epoch FROM now()) / v.seconds) * v.seconds)::float8),
        1
 FROM (VALUES {values}) AS v(key, seconds)
@@ -329,9 +330,9 @@ def record_hits(counters: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tu
     ordered = sorted({(f"{subject}/{window}", int(window)) for subject, window in counters})
     if not ordered:
         return {}
-    sql = _HIT_SQL.format(values=", ".join(["(%s, %s::integer)"] * len(ordered)))
+    sql = _HIT_SQL.format(values=", ".join(["(%s::text, %s::integer)"] * len(ordered)))
     params: list[Any] = [item for pair in ordered for item in pair]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     windows = dict(ordered)

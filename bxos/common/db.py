@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Iterator
 
 from django.apps import apps
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 SEQUENCE = "bxos_change_version"
 
@@ -163,3 +163,26 @@ def current_change_version() -> int:
         cursor.execute(f"SELECT last_value, is_called FROM {SEQUENCE}")
         last_value, is_called = cursor.fetchone()
     return last_value if is_called else 0
+
+
+def prepared_cursor():
+    """A cursor that binds parameters on the server, so that psycopg prepares a statement
+    once it has run a few times on this connection (``OPTIONS["prepare_threshold"]``).
+
+    For the few fixed statements every API request runs (the token, the rate counters, the
+    list page): PostgreSQL then plans each once per connection, not once per request, which
+    was a third of their time (docs/benchmarks.md, B3). Every other query keeps Django's
+    client-side binding, which never prepares, so the rest of the app is unchanged. The text
+    of a statement run here must give each parameter a type PostgreSQL can infer (cast it
+    where it cannot, as in a SELECT list). Wrapped like ``connection.cursor()``: the same
+    error translation, and the same query log in tests.
+    """
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    db = connections[DEFAULT_DB_ALIAS]  # once: each attribute of the proxy looks it up again
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    with db.wrap_database_errors:
+        db.validate_thread_sharing()
+        cursor = ServerBindingCursor(db.connection)
+        return db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
