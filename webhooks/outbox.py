@@ -10,6 +10,7 @@ schools through enrollments) are judged exactly as the API judges them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime
 
@@ -191,13 +192,57 @@ def record_event(event: DomainEvent, endpoints: list[WebhookEndpoint]) -> Webhoo
     return stored
 
 
+# Coalesced wake-ups (Redis brokers): a wake-up is queued only when none is waiting. The flag
+# is set (SET NX) by the committing process that queues one and deleted by the worker *before*
+# it claims, so every commit either queues a wake-up or finds one whose claim is still to come
+# (and will see this commit's deliveries). At 50 commits a second that is a handful of tasks,
+# not fifty, each with a fuller batch. The expiry only bounds the damage of a wake-up lost with
+# its flag set (a worker killed between taking it and deleting the flag): the sweep covers it.
+WAKE_FLAG = "bxos:webhooks:wake-queued"
+WAKE_FLAG_SECONDS = 5
+_flag_store = None
+
+
+def wake_flag_store():
+    """The Redis broker's connection for the wake-up flag; None when the broker is not Redis
+    (then every commit queues its own wake-up, as before)."""
+    global _flag_store
+    from bxos.celery import app
+
+    url = app.conf.broker_url or ""  # the broker wake-ups go to (the environment wins)
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    if _flag_store is None or _flag_store[0] != url:
+        import redis
+
+        # redis-py's pool notices a fork and reconnects in the child (Celery's prefork pool).
+        _flag_store = (url, redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2))
+    return _flag_store[1]
+
+
+def wake_flag_clear() -> None:
+    """For the worker, before it claims: the next commit queues a new wake-up."""
+    store = wake_flag_store()
+    if store is not None:
+        try:
+            store.delete(WAKE_FLAG)
+        except Exception:  # the broker is down: its wake-ups are lost anyway, the sweep covers
+            logger.warning("could not clear the webhook wake-up flag", exc_info=True)
+
+
 def _wake() -> None:
     from webhooks.tasks import dispatch_task
 
+    store = wake_flag_store()
     try:
+        if store is not None and not store.set(WAKE_FLAG, 1, nx=True, ex=WAKE_FLAG_SECONDS):
+            return  # a wake-up is queued and its claim is still to come
         dispatch_task.delay()
     except Exception:  # a broker outage must not fail the request; the sweep covers it
         logger.warning("could not queue webhook dispatch; the sweep will", exc_info=True)
+        if store is not None:
+            with contextlib.suppress(Exception):  # no wake-up went out: hold nothing back
+                store.delete(WAKE_FLAG)
 
 
 def _delivery_for(

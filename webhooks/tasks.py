@@ -5,12 +5,13 @@ from __future__ import annotations
 from celery import shared_task
 
 from bxos.common.tasks import ActorTask
-from webhooks import dispatch
+from webhooks import dispatch, outbox
 
 
 @shared_task(base=ActorTask, name="webhooks.dispatch", acks_late=True)
 def dispatch_task() -> int:
     """Send everything due (until the time budget is spent); how many attempts were made."""
+    outbox.wake_flag_clear()  # before claiming: see outbox.WAKE_FLAG
     return dispatch.dispatch()
 
 
