@@ -152,6 +152,9 @@ class Staged:
     rows: int
     key_changes: list[tuple[str, str]] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
+    # An incomplete read that explodes a list (a guardian's agentSourcedIds): the table of the
+    # parents it carried, whose lists are complete, so their dropped items are removals.
+    parents: str | None = None
 
 
 class Stager:
@@ -187,8 +190,21 @@ class Stager:
             columns, file_sql, sid_sql, deleted_sql = self._stage_records(read, raw, needed)
         self._inject_retries(entity, raw, columns, read)
         mapped = self.table_name(entity)
+        parents = None
+        if read.explode and not read.complete:
+            parents = self.table_name(entity, "_parents")
         targets = self._map(
-            spec, read, raw, mapped, columns, rules, crosswalks, file_sql, sid_sql, deleted_sql
+            spec,
+            read,
+            raw,
+            mapped,
+            columns,
+            rules,
+            crosswalks,
+            file_sql,
+            sid_sql,
+            deleted_sql,
+            parents=parents,
         )
         rows = self._validate(spec, raw, mapped, targets, read)
         return Staged(
@@ -199,6 +215,7 @@ class Stager:
             rows=rows,
             key_changes=list(read.key_changes),
             targets=targets,
+            parents=parents,
         )
 
     def _needed_fields(self, read: EntityRead, rules: list[dict]) -> set[str]:
@@ -501,7 +518,19 @@ class Stager:
     # -- mapping and validation
 
     def _map(
-        self, spec, read, raw, mapped, columns, rules, crosswalks, file_sql, sid_sql, deleted_sql
+        self,
+        spec,
+        read,
+        raw,
+        mapped,
+        columns,
+        rules,
+        crosswalks,
+        file_sql,
+        sid_sql,
+        deleted_sql,
+        *,
+        parents: str | None = None,
     ) -> list[str]:
         joins = self._joins if read.csv is not None else []
 
@@ -545,7 +574,7 @@ class Stager:
             f"{column(k)} IN ({', '.join(lit(v) for v in values)})"
             for k, values in read.where.items()
         ]
-        explode = ""
+        joined = ""
         for n, (table, _provides, join) in enumerate(joins):
             key, left = q(join.key), q(join.from_field)
             if join.aggregates:
@@ -553,18 +582,28 @@ class Stager:
                 sub = f"SELECT {key}, {aggs} FROM {table} x GROUP BY {key}"
             else:
                 sub = f"SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key}, _line"
-            explode += f" LEFT JOIN ({sub}) j{n} ON j{n}.{key} = r.{left}"
+            joined += f" LEFT JOIN ({sub}) j{n} ON j{n}.{key} = r.{left}"
+        explode = ""
         if read.explode:
-            explode += (
+            explode = (
                 f" CROSS JOIN LATERAL unnest(string_to_array({column(read.explode)}, ','))"
                 " AS x(_item)"
             )
+        filtered = f" WHERE {' AND '.join(where)}" if where else ""
         with connection.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {mapped}")
             cur.execute(
                 f"CREATE UNLOGGED TABLE {mapped} AS SELECT {', '.join(selects)}, false AS _bad "
-                f"FROM {raw} r{explode}" + (f" WHERE {' AND '.join(where)}" if where else "")
+                f"FROM {raw} r{joined}{explode}{filtered}"
             )
+            if parents is not None:
+                # Every parent row read, including those whose list is now empty (they explode
+                # into no rows at all, yet say "none any more").
+                cur.execute(f"DROP TABLE IF EXISTS {parents}")
+                cur.execute(
+                    f"CREATE UNLOGGED TABLE {parents} AS SELECT DISTINCT ({sid_sql}) AS _parent "
+                    f"FROM {raw} r{joined}{filtered}"
+                )
         return targets
 
     def _validate(
@@ -1075,10 +1114,13 @@ class Merger:
 
     def _removals(self, cur, spec, st: Staged, res, p) -> list[int]:
         """Rows of this source that a complete read no longer has (plus explicit deletes)."""
+        active = " AND t.is_active" if spec.removal == "deactivate" else ""
         if not st.complete or spec.effective_dated:
             cur.execute(f"SELECT _hub_id FROM {res} WHERE _op = 'delete'")
-            return [r[0] for r in cur.fetchall()]
-        active = " AND t.is_active" if spec.removal == "deactivate" else ""
+            ids = {r[0] for r in cur.fetchall()}
+            if st.parents and not spec.effective_dated:
+                ids |= self._dropped_items(cur, spec, st, active, p)
+            return sorted(ids)
         cur.execute(
             f"""
             SELECT t.id FROM {q(spec.table)} t
@@ -1090,6 +1132,32 @@ class Merger:
             p,
         )
         return [r[0] for r in cur.fetchall()]
+
+    def _dropped_items(self, cur, spec, st: Staged, active: str, p) -> set[int]:
+        """Rows exploded from a parent this incomplete read carried (its list is complete) that
+        the list no longer has: a guardian's agentSourcedIds without a student it had. Their
+        source ids are ``parent:item``; parents without a colon (OneRoster's GUIDs) are matched
+        by a hash join on the part before the first colon, the others by prefix."""
+        found: set[int] = set()
+        for match, which in (
+            ("split_part(t.source_id, ':', 1) = pa._parent", "strpos(pa._parent, ':') = 0"),
+            (
+                "left(t.source_id, length(pa._parent) + 1) = pa._parent || ':'",
+                "strpos(pa._parent, ':') > 0",
+            ),
+        ):
+            cur.execute(
+                f"""
+                SELECT t.id FROM {q(spec.table)} t JOIN {st.parents} pa ON {match}
+                WHERE {which} AND t.district_id = %(district)s
+                  AND t.source_system = %(source)s{active}
+                  AND NOT EXISTS (SELECT 1 FROM {st.table} m
+                                  WHERE m._sid = t.source_id AND NOT m._deleted)
+                """,
+                p,
+            )
+            found |= {r[0] for r in cur.fetchall()}
+        return found
 
     def _check_thresholds(self, spec, result: EntityResult, updates: int, removals: int) -> None:
         d = self.definition

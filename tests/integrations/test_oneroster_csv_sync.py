@@ -357,3 +357,59 @@ def test_the_console_command_runs_a_sync_with_a_progress_bar(north, system, medi
     assert "succeeded" in out.getvalue(), out.getvalue()
     assert students(north.district).count() == 12
     assert "run #" in err.getvalue()  # tqdm writes the bar to stderr
+
+
+def test_a_delta_removes_the_links_a_parent_row_no_longer_lists(
+    system, definition, tmp_path, north
+):
+    """A delta users.csv carries whole rows: a guardian's agentSourcedIds is its complete list
+    of students, so a student dropped from it loses the link (a guardian must not keep reaching
+    a student the SIS unlinked), while guardians absent from the delta keep theirs."""
+    from bxos.schools.models import StudentGuardian
+
+    roster = build_roster(students=6)
+    run_zip(definition, system, write_zip(tmp_path / "full.zip", roster))
+
+    def links() -> set[str]:
+        return set(
+            StudentGuardian.objects.filter(
+                district=north.district, source_system=SOURCE
+            ).values_list("source_id", flat=True)
+        )
+
+    role = {r["userSourcedId"]: r for r in roster.rows("roles")}
+    guardians = [r for r in roster.rows("users") if role[r["sourcedId"]]["role"] == "parent"]
+    moved, cleared, untouched = guardians[:3]
+    was_moved, was_cleared = moved["agentSourcedIds"], cleared["agentSourcedIds"]
+    other = next(
+        r["sourcedId"]
+        for r in roster.rows("users")
+        if role[r["sourcedId"]]["role"] == "student" and r["sourcedId"] != was_moved
+    )
+    before = links()
+    assert {f"{moved['sourcedId']}:{was_moved}", f"{cleared['sourcedId']}:{was_cleared}"} <= before
+
+    moved["agentSourcedIds"] = other
+    cleared["agentSourcedIds"] = ""
+    delta = build_roster(students=0)
+    # The changed rows, with their roles (1.2 keeps a user's role in roles.csv).
+    # (demographics.csv with no rows: the users' mapping reads birthDate through it.)
+    delta.files = {
+        "users": [moved, cleared],
+        "roles": [role[moved["sourcedId"]], role[cleared["sourcedId"]]],
+        "demographics": [],
+    }
+    modes = {"users": "delta", "roles": "delta", "demographics": "delta"}
+    run = run_zip(definition, system, write_zip(tmp_path / "delta.zip", delta, modes=modes))
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    after = links()
+    assert after == (
+        before - {f"{moved['sourcedId']}:{was_moved}", f"{cleared['sourcedId']}:{was_cleared}"}
+        | {f"{moved['sourcedId']}:{other}"}
+    )
+    assert f"{untouched['sourcedId']}:{untouched['agentSourcedIds']}" in after
+    assert run.diff["student_guardian"]["deleted"] == 2
+    # The removals are tombstoned, so vendors' change feeds see them.
+    assert Tombstone.objects.filter(
+        table_name=StudentGuardian._meta.db_table, source_id=f"{cleared['sourcedId']}:{was_cleared}"
+    ).exists()
