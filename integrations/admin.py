@@ -1407,7 +1407,7 @@ class SyncRunAdmin(_ReadOnlyGated):
             ),
             submit="Approve and apply",
             done=lambda run: (
-                f"Run #{run.pk} was approved: {run.get_status_display().lower()}. " + run.message
+                f"Run #{run.pk} was approved: a worker is applying it; its progress is below."
             ),
             diff=True,
         )

@@ -723,16 +723,46 @@ def _emit_run(run: SyncRun, event_type: str) -> None:
     )
 
 
-def run_approve(*, run: SyncRun, actor) -> SyncRun:
-    """Apply a held run as previewed (its staged data is kept while it waits)."""
+def run_approve(*, run: SyncRun, actor, enqueue: bool = True) -> SyncRun:
+    """Approve a held run: it is applied as previewed (its staged data was kept while it
+    waited) by a worker, once this transaction commits, so that applying a district's worth
+    of changes never runs inside a web request (``enqueue=False``: applied here and now, by a
+    caller that already is a worker). Approving twice is refused."""
+    with transaction.atomic():
+        run = (
+            SyncRun.objects.select_for_update(of=("self",))
+            .select_related("definition__integration")
+            .get(pk=run.pk)
+        )
+        if run.status != RunStatus.HELD:
+            raise ValidationError(f"Only a held run can be approved; this one is {run.status}.")
+        with write_as(actor):
+            run.decided_by, run.decided_at = actor, timezone.now()
+            run.status = RunStatus.RUNNING
+            run.phase = "Approved; waiting for a worker to apply it"
+            run.save(update_fields=["decided_by", "decided_at", "status", "phase"])
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue_apply(run.pk))
+    if enqueue:
+        return run
+    return run_apply_approved(run=run, actor=actor)
+
+
+def _enqueue_apply(run_id: int) -> None:
+    from integrations.tasks import apply_approved_run
+
+    apply_approved_run.delay(run_id)
+
+
+def run_apply_approved(*, run: SyncRun, actor) -> SyncRun:
+    """Apply an approved run (the worker's half of ``run_approve``): the merge as previewed,
+    then, for a bidirectional sync, the push. A run that is no longer waiting for it (applied
+    already, by a task delivered twice) is refused."""
     run = SyncRun.objects.select_related("definition__integration").get(pk=run.pk)
-    if run.status != RunStatus.HELD:
-        raise ValidationError(f"Only a held run can be approved; this one is {run.status}.")
+    if run.status != RunStatus.RUNNING or run.decided_at is None:
+        raise ValidationError(f"Run #{run.pk} is not an approved run waiting to be applied.")
     log = _Log(run)
-    log(f"approved by {actor}")
-    run.decided_by, run.decided_at = actor, timezone.now()
-    run.status = RunStatus.RUNNING
-    run.save(update_fields=["decided_by", "decided_at", "status"])
+    log(f"approved by {run.decided_by or actor}")
     progress = pipeline.Progress(run)
     integration = run.definition.integration
     pushes = run.definition.direction == Direction.BIDIRECTIONAL and bool(

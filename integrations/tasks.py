@@ -20,6 +20,20 @@ def run_sync(run_id: int) -> str:
     return services.run_execute(run=run, actor=current_actor()).status
 
 
+@shared_task(base=ActorTask, name="integrations.apply_approved_run", acks_late=True)
+def apply_approved_run(run_id: int) -> str:
+    """Apply a run a person approved, in their name (``decided_by``)."""
+    from django.core.exceptions import ValidationError
+
+    run = SyncRun.objects.select_related("decided_by").filter(pk=run_id).first()
+    if run is None:
+        return "gone"
+    try:
+        return services.run_apply_approved(run=run, actor=run.decided_by or current_actor()).status
+    except ValidationError as exc:  # applied already (a message delivered twice)
+        return "; ".join(exc.messages)
+
+
 @shared_task(base=ActorTask, name="integrations.scheduled_sync")
 def scheduled_sync(definition_id: int) -> str:
     """Beat's entry for a definition's schedule: start a run and execute it here (this is

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.core.files import File
 
-from integrations import services
+from integrations import services, tasks
 from integrations.choices import ConflictPolicy, RunStatus
 from integrations.models import (
     ConflictStatus,
@@ -244,8 +244,11 @@ def test_a_held_run_is_previewed_then_approved(page, live_server, north, system,
     page.click("input[type=submit][value='Approve and apply']")
     page.wait_for_selector(".messagelist")
     assert re.search(rf"Run #{held.pk} was approved", page.locator(".messagelist").inner_text())
+    screenshot(page, "integrations-approval-queued")
+    tasks.apply_approved_run(held.pk)  # the worker's task body
     held.refresh_from_db()
     assert held.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+    page.reload()
     assert page.locator("#run-rollback").count() == 1
     screenshot(page, "integrations-approved")
 

@@ -27,7 +27,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from bxos.schools.models import Student
-from integrations import services
+from integrations import services, tasks
 from integrations.choices import ErrorStatus, ReviewStatus, RunStatus, RunTrigger
 from integrations.models import (
     Crosswalk,
@@ -789,9 +789,16 @@ def test_a_real_zip_run_now_held_approved_and_rolled_back(admin_client, north, s
     approve = html_of(admin_client.get(admin_url("syncrun_approve", held.pk)))
     assert "remove 20 of 40" in approve and "Removed" in approve
     response = admin_client.post(admin_url("syncrun_approve", held.pk), follow=True)
+    assert messages_of(response)[0].startswith(f"Run #{held.pk} was approved")
+    held.refresh_from_db()
+    # Not applied inside the request: a worker does it, in the approver's name.
+    assert held.status == RunStatus.RUNNING
+    assert held.decided_by == north.users["district_admin"]
+    progress = admin_client.get(admin_url("syncrun_progress", held.pk)).json()
+    assert "waiting for a worker" in progress["phase"]
+    tasks.apply_approved_run(held.pk)  # the worker's task body
     held.refresh_from_db()
     assert held.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL), held.message
-    assert messages_of(response)[0].startswith(f"Run #{held.pk} was approved")
     students = Student.objects.filter(district=north.district, source_system=SOURCE)
     assert students.filter(is_active=True).count() == 20
 

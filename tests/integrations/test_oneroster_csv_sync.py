@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from auditlog.models import LogEntry
+from django.core.exceptions import ValidationError
 from django.core.files import File
 
 from bxos.common.models import Tombstone
 from bxos.schools.models import Enrollment, SectionEnrollment, Student, StudentDemographic
-from integrations import services
+from integrations import services, tasks
 from integrations.choices import ErrorStatus, ReviewStatus, RunStatus
 from integrations.models import IdentityReview, RecordError, SyncDefinition
 from integrations.sample import HEADERS, build_roster, write_zip
@@ -240,8 +241,18 @@ def test_a_mass_removal_is_held_then_approved_or_discarded(system, definition, t
 
     held = run_zip(definition, system, write_zip(tmp_path / "r3.zip", roster))
     assert held.status == RunStatus.HELD
+    # Approving queues the work for a worker; the task body applies it in the approver's name.
     approved = services.run_approve(run=held, actor=system)
+    assert approved.status == RunStatus.RUNNING and approved.decided_by == system
+    assert students(north.district).filter(is_active=True).count() == 40  # nothing applied yet
+    with pytest.raises(ValidationError, match="Only a held run"):
+        services.run_approve(run=held, actor=system)
+    assert tasks.apply_approved_run(held.pk) in (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+    approved.refresh_from_db()
     assert approved.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL), approved.message
+    assert students(north.district).filter(is_active=True).count() == 20
+    # The same message delivered again applies nothing twice.
+    assert "not an approved run waiting" in tasks.apply_approved_run(held.pk)
     assert students(north.district).filter(is_active=True).count() == 20
     # People are deactivated, never deleted (their behavior history stays).
     assert students(north.district).count() == 40
