@@ -1577,8 +1577,29 @@ class ReviewStatusFilter(admin.SimpleListFilter):
         return queryset.filter(status=value)
 
 
+class _DecisionColumns:
+    """Columns of a decision queue (identity reviews, sync conflicts): the run that found the
+    item and who decided it when."""
+
+    @admin.display(description="found in")
+    def run_link(self, obj):
+        if obj.run_id is None:
+            return "—"
+        return format_html(
+            '<a href="{}">Run #{}</a>',
+            reverse("admin:integrations_syncrun_change", args=[obj.run_id]),
+            obj.run_id,
+        )
+
+    @admin.display(description="decided")
+    def decided(self, obj):
+        if not obj.decided_at:
+            return "—"
+        return f"by {obj.decided_by or 'someone since removed'} on {_when(obj.decided_at)}"
+
+
 @admin.register(IdentityReview)
-class IdentityReviewAdmin(_ReadOnlyGated):
+class IdentityReviewAdmin(_DecisionColumns, _ReadOnlyGated):
     """Incoming people who may be someone the hub has: merge, or keep apart; merges reverse."""
 
     list_display = ["review", "compare", "reason"]
@@ -1620,22 +1641,6 @@ class IdentityReviewAdmin(_ReadOnlyGated):
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
         return _badge(obj.get_status_display(), REVIEW_CSS.get(obj.status, ""))
-
-    @admin.display(description="found in")
-    def run_link(self, obj):
-        if obj.run_id is None:
-            return "—"
-        return format_html(
-            '<a href="{}">Run #{}</a>',
-            reverse("admin:integrations_syncrun_change", args=[obj.run_id]),
-            obj.run_id,
-        )
-
-    @admin.display(description="decided")
-    def decided(self, obj):
-        if not obj.decided_at:
-            return "—"
-        return f"by {obj.decided_by or 'someone since removed'} on {_when(obj.decided_at)}"
 
     @admin.display(description="incoming · existing")
     def compare(self, obj):
@@ -1828,7 +1833,7 @@ CONFLICT_DECISIONS = {
 
 
 @admin.register(SyncConflict)
-class SyncConflictAdmin(_ReadOnlyGated):
+class SyncConflictAdmin(_DecisionColumns, _ReadOnlyGated):
     """Records a bidirectional sync found changed on both sides under the manual-review policy:
     the hub's and the source's values side by side, and the three decisions (keep the hub's,
     keep the source's, dismiss), one at a time or in bulk. Everything else is read-only."""
@@ -1901,22 +1906,6 @@ class SyncConflictAdmin(_ReadOnlyGated):
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
         return _badge(obj.get_status_display(), CONFLICT_CSS.get(obj.status, ""))
-
-    @admin.display(description="found in")
-    def run_link(self, obj):
-        if obj.run_id is None:
-            return "—"
-        return format_html(
-            '<a href="{}">Run #{}</a>',
-            reverse("admin:integrations_syncrun_change", args=[obj.run_id]),
-            obj.run_id,
-        )
-
-    @admin.display(description="decided")
-    def decided(self, obj):
-        if not obj.decided_at:
-            return "—"
-        return f"by {obj.decided_by or 'someone since removed'} on {_when(obj.decided_at)}"
 
     @admin.display(description="differences")
     def differences(self, obj):
