@@ -8,11 +8,29 @@ from django.db import connection
 
 from bxos.api.models import ApiClient, DisclosureLogEntry
 
-_INSERT = (
+# The row's columns, shared with the list page's statement (bxos.api.pages), which writes the
+# same row from the page it reads.
+INSERT_INTO = (
     "INSERT INTO api_disclosurelogentry (at, client_id, district_id, purpose, endpoint, method, "
     "query, student_ids, count, request_id, acting_user_id) "
-    "VALUES (now(), %s, %s, %s, %s, %s, %s, %s::bigint[], %s, %s, %s)"
 )
+_INSERT = INSERT_INTO + "VALUES (now(), %s, %s, %s, %s, %s, %s, %s::bigint[], %s, %s, %s)"
+
+
+def disclosure_values(*, client: ApiClient, request, query: str | None = None) -> list:
+    """The row's values besides the students, in column order: the six before
+    ``student_ids`` and ``count``, then the two after."""
+    acting = client.acting_for
+    return [
+        client.pk,
+        client.district_id,
+        client.purpose,
+        request.path[:200],
+        request.method,
+        (request.META.get("QUERY_STRING", "") if query is None else query)[:2000],
+        getattr(request, "request_id", "")[:64],
+        acting.pk if acting is not None else None,
+    ]
 
 
 def disclosure_record(
@@ -27,22 +45,10 @@ def disclosure_record(
     ids = sorted({i for i in student_ids if i is not None})
     if not ids:
         return
-    acting = client.acting_for
+    values = disclosure_values(client=client, request=request, query=query)
     with connection.cursor() as cursor:
         cursor.execute(
-            _INSERT,
-            [
-                client.pk,
-                client.district_id,
-                client.purpose,
-                request.path[:200],
-                request.method,
-                (request.META.get("QUERY_STRING", "") if query is None else query)[:2000],
-                "{" + ",".join(map(str, ids)) + "}",
-                len(ids),
-                getattr(request, "request_id", "")[:64],
-                acting.pk if acting is not None else None,
-            ],
+            _INSERT, [*values[:6], "{" + ",".join(map(str, ids)) + "}", len(ids), *values[6:]]
         )
 
 

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connection
 from django.db.models import QuerySet
 
+from bxos.api.disclosure import INSERT_INTO
 from bxos.api.paging import Page
 from bxos.common.db import prepared_cursor
 
@@ -40,9 +40,7 @@ from bxos.common.db import prepared_cursor
 _MAX_SHAPES = 2048
 
 _DISCLOSE = (
-    "INSERT INTO api_disclosurelogentry (at, client_id, district_id, purpose, endpoint, method, "
-    "query, student_ids, count, request_id, acting_user_id) "
-    "SELECT now(), %s::bigint, %s::bigint, %s::text, %s::text, %s::text, %s::text, "
+    INSERT_INTO + "SELECT now(), %s::bigint, %s::bigint, %s::text, %s::text, %s::text, %s::text, "
     "array_agg(DISTINCT s.student ORDER BY s.student), count(DISTINCT s.student), %s::text, "
     "%s::bigint "
     "FROM (SELECT {student} AS student FROM page ORDER BY {order} LIMIT {sent}) AS s "
@@ -186,18 +184,3 @@ def remember_statement(key: tuple, statement: PageStatement) -> None:
 def clear_statements() -> None:
     """Forget every compiled shape in this process (tests, or after a migration)."""
     _shapes.clear()
-
-
-def disclosure_params(*, client, request, query: str | None = None) -> list[Any]:
-    """The disclosure row's values besides the student ids (see bxos.api.disclosure)."""
-    acting = client.acting_for
-    return [
-        client.pk,
-        client.district_id,
-        client.purpose,
-        request.path[:200],
-        request.method,
-        (request.META.get("QUERY_STRING", "") if query is None else query)[:2000],
-        getattr(request, "request_id", "")[:64],
-        acting.pk if acting is not None else None,
-    ]

@@ -16,12 +16,11 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bxos.api.disclosure import disclosure_record
+from bxos.api.disclosure import disclosure_record, disclosure_values
 from bxos.api.errors import BadParameter
 from bxos.api.pages import (
     cached_statement,
     compile_page,
-    disclosure_params,
     page_shape,
     page_values,
     remember_statement,
@@ -156,7 +155,7 @@ class ResourceViewSet(RateLimitHeadersMixin, viewsets.ViewSet):
         fields = self._fields(request)
         statement, values = self._page_statement(request, page, fields)
         # One round trip: the page, and its disclosure row written by the same statement.
-        rows, _ = statement.run(values, disclosure_params(client=request.user, request=request))
+        rows, _ = statement.run(values, disclosure_values(client=request.user, request=request))
         has_more = len(rows) > page.limit
         rows = rows[: page.limit]
         last = last_key(rows[-1], page) if rows else None
