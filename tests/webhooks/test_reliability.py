@@ -24,8 +24,9 @@ is started again, and the exit is printed with the results. With Celery 5.7.0 an
 worker whose broker connection drops while it holds an unacknowledged message (an ``acks_late``
 task running, or one prefetched) exits with "Unrecoverable error: AttributeError: 'NoneType'
 object has no attribute 'hostname'" instead of reconnecting, unless its connection has no
-auto-delete fanout queue (see ``runstack.reconnect_options``). The workers here start with those
-options, as `make run` starts its worker, so none may exit: step 3 must not restart worker B.
+auto-delete fanout queue (see ``runstack.reconnect_options``). The workers here run without
+gossip and, through the settings, without remote control, as `make run` starts its worker, so
+none may exit: step 3 must not restart worker B.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from django_celery_beat.models import PeriodicTask
 from standardwebhooks.webhooks import Webhook
 
 from bxos.celery import app as celery_app
-from bxos.common.management.commands.runstack import reconnect_options
 from bxos.common.schedules import DEFAULT_SCHEDULES, ensure_periodic_tasks
 from bxos.common.services import model_update
 from tests.conftest import skip_or_fail
@@ -180,7 +180,6 @@ class CeleryProcesses:
                 "--without-mingle",
                 "--hostname",
                 f"{name}-{uuid.uuid4().hex[:6]}@%h",
-                *reconnect_options(),  # last: it ends with the "--" of Celery's settings
             ],
         )
 

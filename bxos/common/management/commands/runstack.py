@@ -14,7 +14,6 @@ is started with the options that make it ride out a broker restart (see ``worker
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -40,19 +39,10 @@ def reconnect_options() -> list[str]:
     the channel stays half-closed, and the second close, after kombu has dropped the transport's
     connection info, restores the unacked messages through it. A worker with no fanout queue on
     its connection reconnects: remote control off and no gossip. It also retries the broker for
-    ever rather than 100 times. The settings (CELERY_WORKER_ENABLE_REMOTE_CONTROL,
-    CELERY_BROKER_CONNECTION_MAX_RETRIES) win when they are set; gossip has only the flag.
+    ever rather than 100 times. Both are settings (CELERY_WORKER_ENABLE_REMOTE_CONTROL,
+    CELERY_BROKER_CONNECTION_MAX_RETRIES), read by every worker; gossip has only this flag.
     """
-    remote_control = getattr(settings, "CELERY_WORKER_ENABLE_REMOTE_CONTROL", False)
-    # None: for ever (kombu reads 0 as "no retry at all", whatever Celery's docs say).
-    max_retries = getattr(settings, "CELERY_BROKER_CONNECTION_MAX_RETRIES", None)
-    return [
-        "--without-gossip",
-        # Configuration for this worker only (Celery's "namespace.key=value" arguments).
-        "--",
-        f"worker.enable_remote_control={bool(remote_control)}",
-        f"broker.connection_max_retries=(json){json.dumps(max_retries)}",
-    ]
+    return ["--without-gossip"]
 
 
 def worker_command(python: str) -> list[str]:
