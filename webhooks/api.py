@@ -703,14 +703,16 @@ def settled_event_id() -> str:
     ids are committed out of order: a reader that moved past a later id would miss an earlier
     one still uncommitted. Every uncommitted event's id is newer than the start of a
     transaction that holds an id now (it has written the change), and every future one newer
-    than now; less a margin for the clocks of the web hosts (``PULL_SETTLE_SECONDS``).
+    than now; less a margin for the clocks of the web hosts (``PULL_SETTLE_SECONDS``). Only
+    client sessions write events: an autovacuum worker's ANALYZE also holds a transaction id
+    (it writes statistics) and must not hold the pull back.
     """
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_stat_clear_snapshot()")  # statistics are cached per xact
         cursor.execute(
             "SELECT LEAST(clock_timestamp(), min(xact_start)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND backend_xid IS NOT NULL "
-            "AND pid <> pg_backend_pid()"
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
         )
         (oldest,) = cursor.fetchone()  # LEAST ignores the NULL min() of no rows
     margin = timedelta(seconds=settings.WEBHOOKS.get("PULL_SETTLE_SECONDS", 2))

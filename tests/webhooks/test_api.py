@@ -716,7 +716,8 @@ def _no_other_writers(wait_seconds: float = 30) -> None:
             cursor.execute(
                 "SELECT pid, application_name, state, xact_start, left(query, 300) "
                 "FROM pg_stat_activity WHERE datname = current_database() "
-                "AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+                "AND backend_xid IS NOT NULL AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
             )
             writers = cursor.fetchall()
         if not writers:
