@@ -11,6 +11,7 @@ schools through enrollments) are judged exactly as the API judges them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from datetime import UTC, datetime
 
@@ -141,11 +142,44 @@ def _audience(endpoint: WebhookEndpoint, record: _Record) -> tuple[bool, list[st
     return True, (profile.fields.get(record.resource.name) if profile else None)
 
 
+# The subscriptions are read once per transaction. A sync run, an import or a batch of writes
+# emits many events of one type for one district in one transaction, and the endpoint query
+# (joins and two array aggregates) was over half the outbox's cost per event. The memo hangs on
+# the connection (one per thread) and is valid while its marker is in the connection's on-commit
+# list: Django empties that list at commit and at rollback, and drops a rolled-back savepoint's
+# entries with it, so the memo never outlives the transaction (or savepoint) that read it. A
+# change to an endpoint, a client or a field profile drops it (forget_subscriptions, connected
+# in signals).
+_MEMO = "_bxos_webhook_subscriptions"
+
+
+def _transaction_marker() -> None:
+    """Run at commit and does nothing: its presence in run_on_commit keeps the memo."""
+
+
+def _subscriptions(district_id: int, event_type: str) -> list[WebhookEndpoint]:
+    connection = transaction.get_connection()
+    memo = getattr(connection, _MEMO, None)
+    if memo is None or not any(entry[1] is memo[0] for entry in connection.run_on_commit):
+        memo = (functools.partial(_transaction_marker), {})
+        setattr(connection, _MEMO, memo)
+        transaction.on_commit(memo[0])
+    key = (district_id, event_type)
+    if key not in memo[1]:
+        memo[1][key] = subscribed_endpoints(district_id, event_type)
+    return memo[1][key]
+
+
+def forget_subscriptions(**_kwargs) -> None:
+    """Drop this thread's memo (signal receiver: endpoints, clients, field profiles)."""
+    setattr(transaction.get_connection(), _MEMO, None)
+
+
 def on_domain_event(event: DomainEvent) -> None:
     """In-transaction subscriber for every domain event (see bxos.common.events)."""
     if event.district_id is None or event.type not in catalogue.entries():
         return
-    endpoints = subscribed_endpoints(event.district_id, event.type)
+    endpoints = _subscriptions(event.district_id, event.type)
     if not endpoints:
         return
     record_event(event, endpoints)
