@@ -42,6 +42,7 @@ from bxos.common.services import model_delete, model_save
 from integrations import admin_services, push, selectors, services
 from integrations import entities as ent
 from integrations.choices import (
+    ACTIVE,
     CircuitState,
     ErrorStatus,
     ReviewStatus,
@@ -83,6 +84,7 @@ STATUS_CSS = {
     RunStatus.PARTIAL: "integration-warn",
     RunStatus.FAILED: "integration-bad",
     RunStatus.DISCARDED: "integration-muted",
+    RunStatus.ROLLING_BACK: "integration-info",
     RunStatus.ROLLED_BACK: "integration-muted",
 }
 CIRCUIT_CSS = {
@@ -107,7 +109,6 @@ CONFLICT_CSS = {
     ConflictStatus.RESOLVED_SOURCE: "integration-ok",
     ConflictStatus.DISMISSED: "integration-muted",
 }
-ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 TRIGGER_SHORT = {
     RunTrigger.MANUAL: "started by a person",
     RunTrigger.SCHEDULE: "on schedule",
@@ -167,7 +168,11 @@ def progress_bar(run: SyncRun, *, reload_when_done: bool = False):
     line = (
         f"{run.processed:,} of {run.total:,} · {run.percent}%"
         if run.total
-        else ("Waiting for a worker" if run.status == RunStatus.QUEUED else "Counting records…")
+        else (
+            "Waiting for a worker"
+            if run.status in (RunStatus.QUEUED, RunStatus.ROLLING_BACK)
+            else "Counting records…"
+        )
     )
     if run.phase:
         line += f" · {run.phase}"
@@ -1300,12 +1305,17 @@ class SyncRunAdmin(_ReadOnlyGated):
 
     @admin.display(description="decided")
     def decision(self, obj):
-        if not obj.decided_at and not obj.rolled_back_at:
+        if not obj.decided_at and not obj.rollback_requested_at:
             return "—"
         parts = []
         if obj.decided_at:
             parts.append(
                 f"by {obj.decided_by or 'someone since removed'} on {_when(obj.decided_at)}"
+            )
+        if obj.rollback_requested_at:
+            parts.append(
+                f"rollback requested by {obj.rollback_requested_by or 'someone since removed'} "
+                f"on {_when(obj.rollback_requested_at)}"
             )
         if obj.rolled_back_at:
             parts.append(f"rolled back on {_when(obj.rolled_back_at)}")
@@ -1439,10 +1449,14 @@ class SyncRunAdmin(_ReadOnlyGated):
                 f"Undo run #{run.pk} exactly: the {run.created_count:,} rows it "
                 f"created are deleted, the {run.updated_count:,} it changed get their values back, "
                 f"and the {run.deleted_count:,} it removed return. The definition's cursor goes "
-                "back to where it was. Only the latest run of a definition can be rolled back."
+                "back to where it was. Only the latest run of a definition can be rolled back. "
+                "A worker does it, in your name; the run's page shows its progress."
             ),
             submit="Roll back",
-            done=lambda run: run.message,
+            done=lambda run: (
+                f"Run #{run.pk}: rollback requested. A worker is undoing it in your name; its "
+                "progress is below."
+            ),
             diff=True,
         )
 

@@ -36,8 +36,12 @@ class RunStatus(models.TextChoices):
     PARTIAL = "partial", "Partial (some records failed)"
     FAILED = "failed", "Failed"
     DISCARDED = "discarded", "Discarded"
+    ROLLING_BACK = "rolling_back", "Rolling back"
     ROLLED_BACK = "rolled_back", "Rolled back"
 
+
+#: Runs a worker still has to finish (or is finishing): a definition starts nothing new meanwhile.
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.ROLLING_BACK)
 
 FINISHED = {
     RunStatus.SUCCEEDED,

@@ -279,6 +279,14 @@ class SyncRun(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     decided_at = models.DateTimeField(null=True, blank=True)
+    # A rollback is asked for on a page and carried out by a worker, in the asker's name
+    # (integrations.services.run_rollback): who asked and when stay on the run.
+    rollback_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rollback_requested_at = models.DateTimeField(null=True, blank=True)
+    #: The finished status the run goes back to if its rollback fails.
+    status_before_rollback = models.CharField(max_length=12, blank=True, editable=False)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
 
     gate = Gate()

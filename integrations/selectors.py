@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from bxos.common.permissions import VIEW, restrict
 from integrations import entities as ent
-from integrations.choices import FINISHED, RunStatus
+from integrations.choices import ACTIVE, FINISHED, RunStatus
 from integrations.connectors import registry
 from integrations.models import (
     IdentityReview,
@@ -35,8 +35,14 @@ from integrations.models import (
 
 #: How many of an integration's latest finished runs its success rate is taken over.
 HEALTH_WINDOW = 20
-#: Runs that ran to the end count as successes; a rolled-back run had succeeded.
-SUCCESSFUL = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.ROLLED_BACK)
+#: Runs that ran to the end count as successes; a run rolled back (or being rolled back) had
+#: succeeded.
+SUCCESSFUL = (
+    RunStatus.SUCCEEDED,
+    RunStatus.PARTIAL,
+    RunStatus.ROLLING_BACK,
+    RunStatus.ROLLED_BACK,
+)
 #: A run's counts, in the order the admin shows them.
 COUNT_NAMES = ("read", "created", "updated", "unchanged", "deleted", "failed", "skipped")
 #: The columns of a run's error CSV, in order.
@@ -164,7 +170,7 @@ def run_progress(run: SyncRun) -> dict[str, Any]:
         "id": fresh.pk,
         "status": fresh.status,
         "status_label": fresh.get_status_display(),
-        "active": fresh.status in (RunStatus.QUEUED, RunStatus.RUNNING),
+        "active": fresh.status in ACTIVE,
         "finished": fresh.status in FINISHED,
         "processed": fresh.processed,
         "total": fresh.total,

@@ -18,7 +18,7 @@ from typing import Any
 from auditlog.models import LogEntry
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from bxos.common import events
@@ -27,6 +27,7 @@ from bxos.common.services import model_create, model_save, write_as
 from integrations import entities as ent
 from integrations import pipeline, transforms
 from integrations.choices import (
+    ACTIVE,
     CircuitState,
     Direction,
     ErrorStatus,
@@ -419,9 +420,13 @@ def run_start(
     the caller, already a worker, executes it)."""
     if not definition.is_active:
         raise ValidationError("This sync definition is switched off.")
-    busy = definition.runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).first()
-    if busy and trigger != RunTrigger.RETRY:
-        raise ValidationError(f"Run #{busy.pk} of this definition is still {busy.status}.")
+    busy = definition.runs.filter(status__in=ACTIVE).first()
+    # A re-run of failed records may queue behind a run; nothing starts while a rollback
+    # restores the rows it would read and write.
+    if busy and (trigger != RunTrigger.RETRY or busy.status == RunStatus.ROLLING_BACK):
+        raise ValidationError(
+            f"Run #{busy.pk} of this definition is still {busy.get_status_display().lower()}."
+        )
     with write_as(actor):
         run = SyncRun(
             definition=definition,
@@ -818,23 +823,174 @@ def run_discard(*, run: SyncRun, actor) -> SyncRun:
     return run
 
 
-def run_rollback(*, run: SyncRun, actor) -> SyncRun:
-    """Undo a finished run exactly: delete what it inserted, restore what it changed or removed.
+#: The advisory-lock key space of rollbacks ("RBK1"): one worker at a time undoes a run.
+ROLLBACK_LOCK_SPACE = 0x5242_4B31
 
-    Only the latest finished run of its definition can be rolled back (its before-images are
-    kept until the next run succeeds), and only while no later run changed the same rows.
-    """
-    run = SyncRun.objects.select_related("definition__integration").get(pk=run.pk)
-    if run.status not in (RunStatus.SUCCEEDED, RunStatus.PARTIAL):
-        raise ValidationError(f"Only a finished run can be rolled back; this one is {run.status}.")
-    later = run.definition.runs.filter(
-        pk__gt=run.pk, status__in=[RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.RUNNING]
-    ).first()
-    if later:
+
+class _NotWaiting(ValidationError):
+    """A rollback task for a run that is not (or no longer) waiting for one: a message
+    delivered twice, or a second worker while the first one is at it. Nothing is recorded."""
+
+
+def _rollback_blockers(run: SyncRun) -> None:
+    """Refuse a rollback that could not restore exactly: a later run of the same definition
+    replaced this run's before-images, or is about to change the same rows."""
+    later = (
+        run.definition.runs.filter(pk__gt=run.pk)
+        .exclude(status__in=[RunStatus.FAILED, RunStatus.DISCARDED, RunStatus.ROLLED_BACK])
+        .order_by("pk")
+        .first()
+    )
+    if later is None:
+        return
+    if later.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL):
         raise ValidationError(
             f"Run #{later.pk} ran after this one; roll that back first (its before-images "
             "replaced this run's)."
         )
+    raise ValidationError(
+        f"Run #{later.pk} of this definition is {later.get_status_display().lower()}; wait for "
+        "it to finish (or discard it) and roll that back first."
+    )
+
+
+def run_rollback(*, run: SyncRun, actor, enqueue: bool = True) -> SyncRun:
+    """Ask for a finished run to be undone exactly (see :func:`run_rollback_apply`).
+
+    Records who asked and when, marks the run "rolling back" (no new run of its definition
+    starts meanwhile) and, once this transaction commits, queues a worker to do it in the
+    asker's name: undoing a district's worth of changes must not hang on a web request.
+    ``enqueue=False``: undone here and now, by a caller that is a worker already (or a test);
+    a failure then raises, after it was recorded on the run.
+
+    Only the latest finished run of a definition can be rolled back; asking twice is refused.
+    """
+    with transaction.atomic():
+        run = (
+            SyncRun.objects.select_for_update(of=("self",))
+            .select_related("definition__integration")
+            .get(pk=run.pk)
+        )
+        if run.status not in (RunStatus.SUCCEEDED, RunStatus.PARTIAL):
+            raise ValidationError(
+                f"Only a finished run can be rolled back; this one is "
+                f"{run.get_status_display().lower()}."
+            )
+        _rollback_blockers(run)
+        with write_as(actor):
+            run.status_before_rollback = run.status
+            run.status = RunStatus.ROLLING_BACK
+            run.rollback_requested_by = actor if getattr(actor, "pk", None) else None
+            run.rollback_requested_at = timezone.now()
+            run.phase = "Rollback requested"
+            # The bar counts the rollback's own rows from here on (the worker sets the total).
+            run.processed, run.total = 0, 0
+            run.save(
+                update_fields=[
+                    "status_before_rollback",
+                    "status",
+                    "rollback_requested_by",
+                    "rollback_requested_at",
+                    "phase",
+                    "processed",
+                    "total",
+                ]
+            )
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue_rollback(run.pk))
+    if enqueue:
+        return run
+    run = run_rollback_apply(run=run, actor=actor)
+    if run.status != RunStatus.ROLLED_BACK:
+        raise ValidationError(run.message.split("\n", 1)[0])
+    return run
+
+
+def _enqueue_rollback(run_id: int) -> None:
+    from integrations.tasks import rollback_run
+
+    rollback_run.delay(run_id)
+
+
+def run_rollback_apply(*, run: SyncRun, actor) -> SyncRun:
+    """Undo a run a person asked to roll back (the worker's half of :func:`run_rollback`):
+    delete what it inserted, restore what it changed or removed, reset the cursor, all in one
+    transaction, with a live phase and bar on the run's page.
+
+    A run that is not waiting for its rollback (undone already, by a task delivered twice; or
+    being undone by another worker right now) is refused with a ValidationError and nothing
+    is written. A rollback that fails changes no data: the run goes back to its finished status
+    with the reason at the top of its message and log, and can be asked for again.
+    """
+    run = SyncRun.objects.select_related("definition__integration").get(pk=run.pk)
+    if run.status != RunStatus.ROLLING_BACK:
+        raise _NotWaiting(f"Run #{run.pk} is not waiting to be rolled back; it is {run.status}.")
+    log = _Log(run)
+    log(f"rollback requested by {run.rollback_requested_by or actor}; undoing")
+    # A caller's open transaction holds the run's row (it asked for the rollback in it): the
+    # side connection's progress writes would wait for it forever.
+    progress = pipeline.Progress(run) if not connection.in_atomic_block else None
+    try:
+        with write_as(actor):
+            with connection.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s, (%s %% 2147483647)::integer)",
+                    [ROLLBACK_LOCK_SPACE, run.pk],
+                )
+                if not cur.fetchone()[0]:
+                    raise _NotWaiting(f"Run #{run.pk} is being rolled back by another worker.")
+            run.refresh_from_db()
+            if run.status != RunStatus.ROLLING_BACK:  # undone while this task waited
+                raise _NotWaiting(
+                    f"Run #{run.pk} is not waiting to be rolled back; it is {run.status}."
+                )
+            _rollback_blockers(run)
+            counts = _undo(run, actor=actor, progress=progress, log=log)
+            run.status = RunStatus.ROLLED_BACK
+            run.rolled_back_at = timezone.now()
+            run.phase = ""
+            run.processed = run.total
+            summary = (
+                f"Rolled back by {run.rollback_requested_by or actor}: {counts['deleted']} "
+                f"inserted rows deleted, {counts['restored']} rows restored, "
+                f"{counts['reinserted']} removed rows put back."
+            )
+            log(summary)
+            run.message = f"{summary} {run.message}"
+            run.log = (run.log + "\n" if run.log else "") + log.text()
+            run.save()
+        return run
+    except _NotWaiting:
+        raise
+    except ValidationError as exc:
+        return _rollback_failed(run, log, "; ".join(exc.messages))
+    except Exception as exc:  # a bug must still leave the run finished, saying why
+        log(traceback.format_exc(limit=8))
+        return _rollback_failed(run, log, f"unexpected error: {type(exc).__name__}: {exc}")
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _rollback_failed(run: SyncRun, log: _Log, reason: str) -> SyncRun:
+    """Nothing was undone (the transaction rolled back): the run is finished as before, and
+    says why its rollback failed."""
+    reason = " ".join(reason.split())  # one line: the message's first line is the verdict
+    log(f"rollback failed: {reason}")
+    run = SyncRun.objects.get(pk=run.pk)
+    run.status = run.status_before_rollback or RunStatus.SUCCEEDED
+    run.phase = ""
+    run.processed = run.total
+    run.message = (
+        f"Rollback failed: {reason} Nothing was undone; the run's changes stay.\n" + run.message
+    )
+    run.log = (run.log + "\n" if run.log else "") + log.text()
+    run.save(update_fields=["status", "phase", "processed", "message", "log"])
+    return run
+
+
+def _undo(run: SyncRun, *, actor, progress, log) -> dict[str, int]:
+    """The rollback's writes, inside the caller's transaction."""
     merged = [e for e in run.diff if e in ent.BY_NAME] or run.definition.entities
     specs = [ent.spec(e) for e in ent.in_merge_order(merged)]
     counts = {"deleted": 0, "restored": 0, "reinserted": 0}
@@ -846,9 +1002,17 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
                 model=spec.model, action=action, object_ids=[], count=count, actor=actor, note=note
             )
 
-    with write_as(actor), connection.cursor() as cur:
+    def step(phase: str, done: int = 0) -> None:
+        run.processed += done
+        if progress is not None:
+            progress.update(phase=phase, processed=run.processed, total=run.total, force=True)
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM integrations_runchange WHERE run_id = %s", [run.pk])
+        run.total = cur.fetchone()[0] + run.created_count
         # Inserted rows: this run wrote them and kept no before-image. Children first.
         for spec in reversed(specs):
+            step(f"Rolling back: deleting the {spec.label.lower()} the run created")
             try:
                 with transaction.atomic():
                     cur.execute(
@@ -859,12 +1023,14 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
                     )
                     counts["deleted"] += cur.rowcount
                     audit(spec, LogEntry.Action.DELETE, cur.rowcount)
-            except Exception as exc:
+                    step(f"Rolling back: deleted {cur.rowcount} {spec.label.lower()}", cur.rowcount)
+            except DatabaseError as exc:
                 raise ValidationError(
                     f"Cannot roll back: {spec.label.lower()} this run created are now used by "
                     f"other records ({pipeline._first_line(exc)})."
                 ) from exc
         for spec in specs:
+            step(f"Rolling back: restoring {spec.label.lower()}")
             columns = [
                 f.column
                 for f in spec.model._meta.concrete_fields
@@ -881,6 +1047,7 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
             )
             counts["restored"] += cur.rowcount
             audit(spec, LogEntry.Action.UPDATE, cur.rowcount)
+            step(f"Rolling back: restored {cur.rowcount} {spec.label.lower()}", cur.rowcount)
             names = ", ".join(pipeline.q(c) for c in ["id", *columns])
             picks = ", ".join(f"(p).{pipeline.q(c)}" for c in ["id", *columns])
             cur.execute(
@@ -892,18 +1059,28 @@ def run_rollback(*, run: SyncRun, actor) -> SyncRun:
             )
             counts["reinserted"] += cur.rowcount
             audit(spec, LogEntry.Action.CREATE, cur.rowcount)
-        SyncDefinition.objects.filter(pk=run.definition_id).update(cursor=run.cursor_before)
-        RunChange.objects.filter(run=run).delete()
-        run.status = RunStatus.ROLLED_BACK
-        run.rolled_back_at = timezone.now()
-        run.decided_by = actor
-        run.message = (
-            f"Rolled back by {actor}: {counts['deleted']} inserted rows deleted, "
-            f"{counts['restored']} rows restored, {counts['reinserted']} removed rows put back. "
-            + run.message
-        )
-        run.save()
-    return run
+            step(f"Rolling back: put back {cur.rowcount} {spec.label.lower()}", cur.rowcount)
+        # Foreign keys are checked at commit (deferred), so that a row restored later may
+        # still point at a row deleted earlier. Check them now, while a refusal can still be
+        # told apart from a failure to commit and named: a row this run created that a person
+        # has since used (an incident for a new student) keeps the rollback from happening.
+        try:
+            with transaction.atomic():
+                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        except IntegrityError as exc:
+            detail = getattr(getattr(exc.__cause__, "diag", None), "message_detail", None)
+            raise ValidationError(
+                "Cannot roll back: rows this run created are now used by other records "
+                f"({pipeline._first_line(exc)}{'; ' + detail if detail else ''})."
+            ) from exc
+        cur.execute("SET CONSTRAINTS ALL DEFERRED")
+    SyncDefinition.objects.filter(pk=run.definition_id).update(cursor=run.cursor_before)
+    RunChange.objects.filter(run=run).delete()
+    log(
+        f"undone: {counts['deleted']} inserted rows deleted, {counts['restored']} restored, "
+        f"{counts['reinserted']} put back; cursor back to {run.cursor_before or '(none)'}"
+    )
+    return counts
 
 
 def run_rerun_failed(*, run: SyncRun, actor) -> SyncRun:

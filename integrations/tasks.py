@@ -34,6 +34,22 @@ def apply_approved_run(run_id: int) -> str:
         return "; ".join(exc.messages)
 
 
+@shared_task(base=ActorTask, name="integrations.rollback_run", acks_late=True)
+def rollback_run(run_id: int) -> str:
+    """Roll back a run a person asked to undo, in their name (``rollback_requested_by``)."""
+    from django.core.exceptions import ValidationError
+
+    run = SyncRun.objects.select_related("rollback_requested_by").filter(pk=run_id).first()
+    if run is None:
+        return "gone"
+    try:
+        return services.run_rollback_apply(
+            run=run, actor=run.rollback_requested_by or current_actor()
+        ).status
+    except ValidationError as exc:  # undone already (a message delivered twice)
+        return "; ".join(exc.messages)
+
+
 @shared_task(base=ActorTask, name="integrations.scheduled_sync")
 def scheduled_sync(definition_id: int) -> str:
     """Beat's entry for a definition's schedule: start a run and execute it here (this is

@@ -278,6 +278,34 @@ def test_a_held_run_is_previewed_then_approved(page, live_server, north, system,
     assert review.status == "merged"
     assert "record s777 is now linked" in page.locator(".messagelist").inner_text()
 
+    # Rolling the applied run back: the page records the request and a worker does it; the
+    # run's page shows it waiting, then reloads by itself once the worker is done.
+    page.goto(f"{live_server.url}/admin/integrations/syncrun/{held.pk}/change/")
+    page.click("#run-rollback")
+    page.wait_for_selector("input[type=submit][value='Roll back']")
+    assert "A worker does it, in your name" in page.locator(".intro").inner_text()
+    page.click("input[type=submit][value='Roll back']")
+    page.wait_for_selector(".messagelist")
+    assert f"Run #{held.pk}: rollback requested" in page.locator(".messagelist").inner_text()
+    badge = f'.field-status_badge [data-run-status="{held.pk}"]'
+    assert page.locator(badge).inner_text() == "Rolling back"
+    bar = page.locator(".field-progress_detail .integration-progress")
+    assert "Waiting for a worker · Rollback requested" in bar.inner_text()
+    assert "rollback requested by" in page.locator(".field-decision").inner_text()
+    assert page.locator("#run-rollback").count() == 0
+    Path("/tmp/shots").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path="/tmp/shots/integrations_rollback_requested.png", full_page=True)
+    screenshot(page, "integrations-rollback-requested")
+    assert tasks.rollback_run(held.pk) == RunStatus.ROLLED_BACK  # the worker's task body
+    page.wait_for_function(
+        "selector => document.querySelector(selector).innerText.trim() === 'Rolled back'",
+        arg=badge,
+    )
+    assert page.locator(".field-progress_detail .integration-progress").count() == 0
+    assert "Rolled back by north.district" in page.locator(".field-message .readonly").inner_text()
+    page.screenshot(path="/tmp/shots/integrations_rolled_back.png", full_page=True)
+    screenshot(page, "integrations-rolled-back")
+
 
 @pytest.fixture
 def edfi_peer(settings):

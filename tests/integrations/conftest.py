@@ -9,3 +9,10 @@ import pytest
 def loopback(settings):
     settings.OUTBOUND_HTTP = {**settings.OUTBOUND_HTTP, "ALLOW_LOOPBACK": True}
     return settings
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    """Uploaded files (sync zips) under the test's own temporary folder."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    return tmp_path

@@ -85,12 +85,6 @@ def html_of(response) -> str:
 
 
 @pytest.fixture
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = str(tmp_path / "media")
-    return tmp_path
-
-
-@pytest.fixture
 def admin_client(client, north):
     client.force_login(north.users["district_admin"])
     return client
@@ -739,11 +733,31 @@ def test_discard_and_rollback_buttons_call_the_services(admin_client, north, row
     assert "is discarded" in html_of(again)  # nothing to approve any more
 
     confirm = html_of(admin_client.get(admin_url("syncrun_rollback", rows.done.pk)))
-    assert "Undo run" in confirm
+    assert "Undo run" in confirm and "A worker does it, in your name" in confirm
     response = admin_client.post(admin_url("syncrun_rollback", rows.done.pk), follow=True)
+    assert response.redirect_chain[-1][0] == admin_url("syncrun_change", rows.done.pk)
+    assert f"Run #{rows.done.pk}: rollback requested" in messages_of(response)[0]
+    rows.done.refresh_from_db()
+    # Recorded, not done inside the request: a worker does it, in the asker's name.
+    admin = north.users["district_admin"]
+    assert rows.done.status == RunStatus.ROLLING_BACK
+    assert rows.done.rollback_requested_by == admin and rows.done.rollback_requested_at
+    page = html_of(response)
+    assert 'data-progress-url="' in page and "Waiting for a worker · Rollback requested" in page
+    assert "rollback requested by" in page and 'id="run-rollback"' not in page
+    progress = admin_client.get(admin_url("syncrun_progress", rows.done.pk)).json()
+    assert progress["status"] == "rolling_back" and progress["active"] is True
+    assert progress["status_label"] == "Rolling back" and not progress["finished"]
+    assert progress["phase"] == "Rollback requested"
+    # A second press changes nothing and says why.
+    again = admin_client.post(admin_url("syncrun_rollback", rows.done.pk))
+    assert "This run is rolling back" in html_of(again)
+    assert tasks.rollback_run(rows.done.pk) == RunStatus.ROLLED_BACK  # the worker's task body
     rows.done.refresh_from_db()
     assert rows.done.status == RunStatus.ROLLED_BACK
-    assert "Rolled back by" in messages_of(response)[0]
+    assert rows.done.message.startswith(f"Rolled back by {admin}")
+    progress = admin_client.get(admin_url("syncrun_progress", rows.done.pk)).json()
+    assert progress["active"] is False and progress["finished"] is True
 
 
 def test_a_real_zip_run_now_held_approved_and_rolled_back(admin_client, north, system, media):
@@ -803,6 +817,10 @@ def test_a_real_zip_run_now_held_approved_and_rolled_back(admin_client, north, s
     assert students.filter(is_active=True).count() == 20
 
     admin_client.post(admin_url("syncrun_rollback", held.pk))
+    held.refresh_from_db()
+    assert held.status == RunStatus.ROLLING_BACK
+    assert students.filter(is_active=True).count() == 20  # nothing undone in the request
+    tasks.rollback_run(held.pk)  # the worker's task body
     held.refresh_from_db()
     assert held.status == RunStatus.ROLLED_BACK
     assert students.filter(is_active=True).count() == 40

@@ -7,12 +7,9 @@ the hub's rows, the run's counts and its record errors.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from auditlog.models import LogEntry
 from django.core.exceptions import ValidationError
-from django.core.files import File
 
 from bxos.common.models import Tombstone
 from bxos.schools.models import Enrollment, SectionEnrollment, Student, StudentDemographic
@@ -20,6 +17,7 @@ from integrations import services, tasks
 from integrations.choices import ErrorStatus, ReviewStatus, RunStatus
 from integrations.models import IdentityReview, RecordError, SyncDefinition
 from integrations.sample import HEADERS, build_roster, write_zip
+from tests.integrations.csv_sync import changed_roster, run_zip
 
 SOURCE = "sis"
 ENTITIES = [
@@ -34,12 +32,6 @@ ENTITIES = [
     "section",
     "section_enrollment",
 ]
-
-
-@pytest.fixture
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = str(tmp_path / "media")
-    return tmp_path
 
 
 @pytest.fixture
@@ -60,12 +52,6 @@ def definition(integration, system):
         integration=integration, name="Nightly roster", entities=ENTITIES, hold_min_rows=20
     )
     return services.definition_save(definition=definition, actor=system)
-
-
-def run_zip(definition, actor, path: Path):
-    with open(path, "rb") as fh:
-        run = services.run_start(definition=definition, actor=actor, upload=File(fh, path.name))
-    return services.run_execute(run=run, actor=actor)
 
 
 def error_summary(run):
@@ -274,28 +260,14 @@ def test_rollback_restores_exactly(system, definition, tmp_path, north):
     roster = build_roster(students=30)
     run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
     before = _snapshot(north.district)
-    roster.find("users", "s2")["givenName"] = "Changed"
-    roster.files["enrollments"] = [
-        e for e in roster.rows("enrollments") if e["userSourcedId"] != "s5"
-    ]
-    roster.add_user(
-        "s999",
-        "student",
-        "sch1",
-        givenName="Nova",
-        familyName="Newcomer",
-        identifier="999999",
-        grades="10",
-    )
-    roster.rows("demographics").append({**roster.find("demographics", "s1"), "sourcedId": "s999"})
-    run = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    run = run_zip(definition, system, write_zip(tmp_path / "r2.zip", changed_roster(roster)))
     assert run.status == RunStatus.SUCCEEDED, run.message
     assert run.created_count >= 1 and run.updated_count >= 1 and run.deleted_count >= 4
     assert _snapshot(north.district) != before
     tombstones = Tombstone.objects.filter(table_name="schools_sectionenrollment").count()
     assert tombstones >= 4
 
-    rolled = services.run_rollback(run=run, actor=system)
+    rolled = services.run_rollback(run=run, actor=system, enqueue=False)
     assert rolled.status == RunStatus.ROLLED_BACK
     assert _snapshot(north.district) == before
 

@@ -1,9 +1,9 @@
 /*
  * Live progress of sync runs: each element with data-progress-url polls that JSON view
- * (the admin's, gate-checked) every 1.5 s while its run is queued or running, and moves its
- * bar, its "processed of total" text, the run's status badge and counts on the page, without
- * reloading. On a run's own page (data-reload-when-done) the page reloads once the run stops,
- * to show its diff, errors and buttons.
+ * (the admin's, gate-checked) every 1.5 s while its run is queued, running or rolling back,
+ * and moves its bar, its "processed of total" text, the run's status badge and counts on the
+ * page, without reloading. On a run's own page (data-reload-when-done) the page reloads once
+ * the run stops, to show its diff, errors and buttons.
  */
 (function () {
     "use strict";
@@ -17,6 +17,7 @@
         partial: "integration-warn",
         failed: "integration-bad",
         discarded: "integration-muted",
+        rolling_back: "integration-info",
         rolled_back: "integration-muted"
     };
 
@@ -34,7 +35,8 @@
         if (text) {
             var line = data.total
                 ? number(data.processed) + " of " + number(data.total) + " · " + data.percent + "%"
-                : (data.status === "queued" ? "Waiting for a worker" : "Counting records…");
+                : (data.status === "queued" || data.status === "rolling_back"
+                    ? "Waiting for a worker" : "Counting records…");
             if (data.phase) {
                 line += " · " + data.phase;
             }
