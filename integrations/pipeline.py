@@ -11,8 +11,10 @@ costs a handful of statements, not a million round trips (benchmark B2):
 2. **Transform and validate.** The mapping (``integrations.transforms``) is compiled to one SQL
    expression per hub field; one ``CREATE TABLE AS`` computes them all. Type, required, code,
    length and duplicate checks are one ``INSERT ... SELECT`` into the record errors, naming
-   file, line, field and reason. Bad rows are flagged, not dropped, so that a full sync does
-   not mistake a row it could not read for a removal.
+   file, line, field and reason. In a delta or incremental read, a required field a record
+   leaves empty first takes the hub's value for a record the hub already has. Bad rows are
+   flagged, not dropped, so that a full sync does not mistake a row it could not read for a
+   removal.
 3. **Merge**, for all entities in one transaction, referenced entities first: resolve
    references by source id, match identities (source id, state id, number plus name and birth
    date; an ambiguous person goes to the review queue), diff against current rows column by
@@ -206,6 +208,8 @@ class Stager:
             deleted_sql,
             parents=parents,
         )
+        if not read.complete:
+            self._fall_back_to_current(spec, mapped, targets)
         rows = self._validate(spec, raw, mapped, targets, read)
         return Staged(
             entity=entity,
@@ -248,6 +252,13 @@ class Stager:
         ]
         available = set(header) | set(joined) | set(read.derived)
         missing = sorted(f for f in self._required_columns(read, rules) if f not in available)
+        if missing and not read.complete and read.known_fields is not None:
+            # A delta may leave out the file a required field comes from (demographics.csv,
+            # with a student's birthDate): records the hub has keep their value, new ones fail
+            # as records (_fall_back_to_current). The file's own columns and the fields that
+            # select and identify its rows are still required.
+            structural = {read.id_field, *read.where, read.explode}
+            missing = [f for f in missing if f in read.known_fields or f in structural]
         if missing:
             raise ConnectorError(
                 f"{source.name} lacks the required column(s) {', '.join(missing)}; "
@@ -516,6 +527,56 @@ class Stager:
                 self.log(f"{entity}: retrying {cur.rowcount} record(s) that failed before")
 
     # -- mapping and validation
+
+    def _fall_back_to_current(self, spec: ent.EntitySpec, mapped: str, targets: list[str]) -> None:
+        """In a delta or incremental read, a required field a record leaves empty takes the
+        value of the row the hub already has for that record (same source id), set-wise.
+
+        A delta carries what changed: OneRoster keeps a student's birth date in
+        demographics.csv, so a student whose name changed arrives without one. A record the hub
+        does not have yet gets nothing here and fails validation as it would in a bulk file;
+        a value the transform refused (its own error) is not papered over.
+        """
+        fill = [
+            t
+            for t in (spec.target(name) for name in targets)
+            if t.required and t.default_sql is None and t.kind != "ref"
+        ]
+        if not fill:
+            return
+
+        def current(target: ent.Target) -> str:
+            value = f"t.{q(target.column)}"
+            if target.kind == "date":
+                return f"to_char({value}, 'YYYY-MM-DD')"
+            if target.kind == "time":
+                return f"to_char({value}, 'HH24:MI:SS')"
+            return f"{value}::text"
+
+        def empty(target: ent.Target) -> str:
+            v, e = q("v_" + target.name), q("e_" + target.name)
+            return f"(NULLIF(m.{v}, '') IS NULL AND m.{e} IS NULL)"
+
+        sets = ", ".join(
+            f"{q('v_' + t.name)} = CASE WHEN {empty(t)} THEN {current(t)} "
+            f"ELSE m.{q('v_' + t.name)} END"
+            for t in fill
+        )
+        # Effective-dated rows: the current period is the hub's value.
+        period = " AND t.valid_to IS NULL" if spec.effective_dated else ""
+        with connection.cursor() as cur:
+            cur.execute(
+                f"UPDATE {mapped} m SET {sets} FROM {q(spec.table)} t "
+                f"WHERE t.district_id = %(district)s AND t.source_system = %(source)s "
+                f"AND t.source_id = m._sid AND t.source_id <> '' AND NOT m._deleted{period} "
+                f"AND ({' OR '.join(empty(t) for t in fill)})",
+                {**self._params(spec.name), "source": self.integration.source_system},
+            )
+            if cur.rowcount:
+                self.log(
+                    f"{spec.name}: {cur.rowcount} record(s) without "
+                    f"{', '.join(t.name for t in fill)} keep the hub's current value(s)"
+                )
 
     def _map(
         self,
@@ -1449,13 +1510,42 @@ class Merger:
                 "announced by the run's event only"
             )
             return
+        # The rows this run wrote are those with a before-image (updated, deactivated, closed,
+        # renamed by a key change) and those it inserted, found from the resolved table by their
+        # lineage: both by index, where "last_run_id = this run" alone reads the whole table (it
+        # has no index: nothing else looks rows up by it). The LATERAL ... OFFSET 0 subqueries
+        # fix that access path: left to itself, the planner may read the district's rows and
+        # filter them on last_run_id, as cheap as it looks when it expects one row.
+        table = q(spec.table)
         cur.execute(
-            f"SELECT t.id, t.change_version, "
-            f"CASE WHEN c.op IS NULL THEN 'created' ELSE 'updated' END "
-            f"FROM {q(spec.table)} t LEFT JOIN integrations_runchange c ON c.run_id = %s "
-            f"AND c.table_name = %s AND c.object_id = t.id "
-            f"WHERE t.last_run_id = %s AND t.district_id = %s",
-            [self.run.pk, spec.table, self.run.pk, self.run.district_id],
+            f"""
+            /* sync: rows this run changed */
+            WITH touched AS MATERIALIZED (
+                -- imaged: the run kept a before-image of the row (it was there before)
+                SELECT id, bool_or(imaged) AS imaged FROM (
+                    SELECT c.object_id AS id, true AS imaged FROM integrations_runchange c
+                    WHERE c.run_id = %(run)s AND c.table_name = %(table)s AND c.op = 'update'
+                    UNION ALL
+                    SELECT inserted.id, false FROM {res} r CROSS JOIN LATERAL (
+                        SELECT t.id FROM {table} t
+                        WHERE t.district_id = %(district)s AND t.source_system = %(source)s
+                          AND t.source_id = r._sid AND t.source_id <> ''
+                          AND t.last_run_id = %(run)s
+                        OFFSET 0
+                    ) inserted
+                    WHERE r._op = 'insert'
+                ) found GROUP BY id
+            )
+            SELECT t.id, t.change_version,
+                   CASE WHEN x.imaged THEN 'updated' ELSE 'created' END
+            FROM touched x CROSS JOIN LATERAL (
+                SELECT t.id, t.change_version, t.last_run_id, t.district_id
+                FROM {table} t WHERE t.id = x.id OFFSET 0
+            ) t
+            WHERE t.last_run_id = %(run)s AND t.district_id = %(district)s
+            ORDER BY t.id
+            """,
+            {**self.params(spec.name), "table": spec.table},
         )
         for pk, version, verb in cur.fetchall():
             obj = spec.model(pk=pk, district_id=self.run.district_id, change_version=version)

@@ -14,7 +14,11 @@ pushable when its school and student both came from this integration's source sy
 What the source knows: an incident with lineage from this source (``source_id``
 ``schoolId|incidentIdentifier``) is an update of that record; any other is new and gets the
 stable identifier ``BX{pk}``, so a push that is retried after a failure upserts the same record
-instead of creating a second one. After a successful push a new incident gets its lineage.
+instead of creating a second one. After a successful push a new incident gets its lineage. An
+incident whose lineage is another system's keeps it (that system matches the incident by it):
+the source has it under its stable identifier once a push sent it (``find_incident_key``), and
+then it is an update of that record like a known one (compared, settled under the policy, sent
+with ``If-Match``, in the school the source has it in), never a second POST.
 
 Conflicts: ``push_at`` is when the last push step finished. A record changed in the hub
 (its or its action's ``updated_at``) and in the source (``_lastModifiedDate``) after that time,
@@ -348,8 +352,11 @@ class _Push:
             self.stats.sample("skipped", incident.pk, c.key, "push error dismissed")
             return
         if not c.known:
-            self._send(c)
-            return
+            found = self._sent_before(incident, action, c)
+            if found is None:
+                self._send(c)
+                return
+            c = found
         try:
             record = self.connector.fetch_incident(c.key)
         except ValueError as exc:  # a lineage source id that is not schoolId|identifier
@@ -405,6 +412,34 @@ class _Push:
         if self.push_at is None:
             return decided
         return max(self.push_at, decided) if decided else self.push_at
+
+    def _sent_before(
+        self, incident: Incident, action: IncidentAction | None, c: _Candidate
+    ) -> _Candidate | None:
+        """The source's record of an incident whose lineage is another system's, if an earlier
+        push sent it; as a candidate keyed by the source id the source has it under.
+
+        Such an incident keeps its lineage after a push (that system matches it by it), so it
+        never becomes one this source knows; the source has it under its stable identifier
+        (see the module docstring, and ``_deleted_key`` for deletes). Found, it is an update of
+        that record, decided like any known incident: compared, settled under the conflict
+        policy, written with ``If-Match`` over the source's own fields. A plain POST would
+        overwrite changes made in the source unchecked, and, once the hub moved the incident
+        to another school (part of the natural key), create a second incident there.
+        """
+        if not incident.source_system or not hasattr(self.connector, "find_incident_key"):
+            return None  # no lineage: a successful push gives it this source's
+        key = self.connector.find_incident_key(new_identifier(incident))
+        if key is None:
+            return None  # never sent (or deleted in the source since): created anew
+        return _Candidate(
+            incident=incident,
+            version=c.version,
+            changed_at=c.changed_at,
+            row=incident_row(incident, action, key=key),
+            key=key,
+            known=False,
+        )
 
     def _unpushable(self, incident: Incident) -> str:
         if incident.school.source_system != self.source or not incident.school.source_id:

@@ -23,7 +23,9 @@ mappings can fill reference fields directly.
 
 Pushing: hub incidents become a ``disciplineIncident`` (upserted by natural key: 201 created,
 200 updated), a ``studentDisciplineIncidentBehaviorAssociation`` linking the student (the ODS
-requires it before an action may reference the behavior), and a ``disciplineAction``.
+requires it before an action may reference the behavior), and a ``disciplineAction`` (its date
+is part of its natural key: when the hub's action moves to another day, the action sent before
+is deleted and the new one created, so the source never holds both).
 Narratives are never sent. An update of an incident the source has (the row carries the
 ``source_etag`` and ``source_resource_id`` the engine read) is a PUT of that item with
 ``If-Match``, laid over the source's current item so its own fields stay; a 412 is reported as
@@ -1709,6 +1711,9 @@ class EdFiConnector(Connector):
             }
             if length is not None:
                 body["disciplineActionLength"] = length
+            refused = self._drop_replaced_actions(body, student, source_id)
+            if refused is not None:
+                return refused
             response = self._http.send_json("POST", self._data_path("disciplineActions"), body)
             if response.status_code not in (200, 201):
                 return PushResult(
@@ -1718,6 +1723,43 @@ class EdFiConnector(Connector):
                     + _problem("disciplineActions", response),
                 )
         return PushResult(source_id=source_id, action=action)
+
+    def _drop_replaced_actions(
+        self, body: dict[str, Any], student: str, source_id: str
+    ) -> PushResult | None:
+        """Delete the discipline actions this push replaces, before the new one is posted.
+
+        A discipline action's natural key includes its ``disciplineDate``: when the hub's
+        action moves to another day, a POST (an upsert by natural key) would create a second
+        action beside the one sent before. So the actions with the same identifier for the
+        same student on another date (the earlier versions this push sent) are deleted first,
+        each with ``If-Match`` on the version just read. Returns a failed result when one could
+        not be deleted; nothing new is posted then, and the next run tries again.
+
+        (The ODS/API allows a key change by PUT only for the resources whose model says so;
+        delete-then-create works on every ODS and on the test server alike.)
+        """
+        keys = {"disciplineActionIdentifier": body["disciplineActionIdentifier"]}
+        keys["studentUniqueId"] = student
+        stale = [
+            action
+            for action in self._query(DISCIPLINE_ACTIONS, keys)
+            if _iso_date(action.get("disciplineDate")) != body["disciplineDate"]
+        ]
+        for action in stale:
+            path = f"{self._data_path('disciplineActions')}/{action['id']}"
+            etag = str(action.get("_etag") or "").strip('"')
+            headers = {"If-Match": f'"{etag}"'} if etag else None
+            response = self._http.send_json("DELETE", path, None, headers=headers)
+            if response.status_code not in (200, 204, 404):
+                return PushResult(
+                    source_id=source_id,
+                    action="failed",
+                    message=f"its discipline action moved to {body['disciplineDate']}, but the "
+                    f"one of {_iso_date(action.get('disciplineDate'))} could not be replaced: "
+                    + _problem("disciplineActions", response),
+                )
+        return None
 
     def _update_incident(
         self, resource_id: str, etag: str, incident: dict[str, Any], source_id: str

@@ -15,48 +15,23 @@ pipeline corrects a row opened the same day in place, since a period cannot be e
 from __future__ import annotations
 
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
-from django.core.files import File
 from django.db import connection
 
 from bxos.schools.models import Student, StudentDemographic
 from integrations import services
 from integrations.choices import RunStatus
-from integrations.models import SyncDefinition
 from integrations.sample import build_roster, write_zip
+from tests.integrations.csv_sync import csv_definition, run_zip
 
 SOURCE = "sis"
 ENTITIES = ["school", "academic_session", "student", "student_demographic"]
 
 
 @pytest.fixture
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = str(tmp_path / "media")
-    return tmp_path
-
-
-@pytest.fixture
 def definition(north, system, media):
-    integration = services.integration_create(
-        district=north.district,
-        name="North SIS (CSV)",
-        connector_type="oneroster_csv",
-        source_system=SOURCE,
-        params={"source": "upload", "encoding": "auto"},
-        actor=system,
-    )
-    return services.definition_save(
-        definition=SyncDefinition(integration=integration, name="Nightly", entities=ENTITIES),
-        actor=system,
-    )
-
-
-def run_zip(definition, actor, path: Path):
-    with open(path, "rb") as fh:
-        run = services.run_start(definition=definition, actor=actor, upload=File(fh, path.name))
-    return services.run_execute(run=run, actor=actor)
+    return csv_definition(north, system, entities=ENTITIES)
 
 
 def database_today() -> date:
@@ -129,7 +104,7 @@ def test_a_changed_demographic_closes_the_period_and_opens_a_new_one(
     ]
 
     # Rolling back the last run restores the period it corrected.
-    services.run_rollback(run=fourth, actor=system)
+    services.run_rollback(run=fourth, actor=system, enqueue=False)
     assert periods(student) == [
         (start, today, "F", race, "s1"),
         (today, None, "M", race, "s1"),
