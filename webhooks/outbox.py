@@ -24,6 +24,7 @@ from django.utils import timezone
 from ulid import ULID
 
 from bxos.api.resources import Resource
+from bxos.common.db import bulk_insert
 from bxos.common.events import DomainEvent
 from bxos.common.permissions import _dimension_q
 from webhooks import catalogue, payloads
@@ -220,7 +221,7 @@ def record_event(event: DomainEvent, endpoints: list[WebhookEndpoint]) -> Webhoo
         )
         if d is not None
     ]
-    WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+    bulk_insert(WebhookDelivery, deliveries, ignore_conflicts=True)
     if any(d.status == DeliveryStatus.PENDING for d in deliveries):
         wake_after_commit()
     return stored

@@ -186,3 +186,37 @@ def prepared_cursor():
         db.validate_thread_sharing()
         cursor = ServerBindingCursor(db.connection)
         return db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
+
+
+def bulk_insert(model, objs: list, *, ignore_conflicts: bool = False) -> int:
+    """Insert ``objs`` (unsaved instances of ``model``) in one statement with one parameter per
+    column: ``INSERT ... SELECT * FROM unnest(%s::type[], ...)``. Returns the rows inserted.
+
+    For the webhook outbox and the dispatcher's attempts, which insert hundreds of rows at once:
+    ``bulk_create`` writes one placeholder per value (15,000 for 1,000 deliveries), and psycopg
+    re-parses a text that long on every call (a tenth of a fan-out's dispatch time,
+    docs/benchmarks.md, B4). Values go through each field's ``pre_save`` and
+    ``get_db_prep_save`` exactly as ``bulk_create`` does (``auto_now_add``, binary wrapping),
+    so defaults and conversions stay Django's. Primary keys are not read back. Not for fields
+    stored as arrays (``unnest`` would flatten them).
+    """
+    if not objs:
+        return 0
+    fields = [f for f in model._meta.concrete_fields if not getattr(f, "db_returning", False)]
+    columns = []
+    params = []
+    for f in fields:
+        db_type = f.db_type(connection)
+        if db_type is None or db_type.endswith("]"):
+            raise ValueError(f"bulk_insert cannot insert {model.__name__}.{f.name} ({db_type})")
+        columns.append((connection.ops.quote_name(f.column), db_type))
+        params.append([f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs])
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} "
+        f"({', '.join(name for name, _ in columns)}) "
+        f"SELECT * FROM unnest({', '.join(f'%s::{db_type}[]' for _, db_type in columns)})"
+        + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
