@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.core.files import File
 
+from bxos.schools.models import Enrollment, SectionEnrollment, Student, StudentDemographic
 from integrations import services
 from integrations.models import SyncDefinition, SyncRun
 
@@ -57,3 +58,20 @@ def changed_roster(roster):
     )
     roster.rows("demographics").append({**roster.find("demographics", "s1"), "sourcedId": "s999"})
     return roster
+
+
+def snapshot(district, source: str | None = SOURCE) -> dict[str, list]:
+    """The synced rows of one source (None: of every source), every column but the change
+    stamps."""
+    rows = {}
+    for model in (Student, Enrollment, SectionEnrollment, StudentDemographic):
+        fields = [
+            f.attname
+            for f in model._meta.concrete_fields
+            if f.attname not in ("change_version", "updated_at")
+        ]
+        found = model.objects.filter(district=district)
+        if source is not None:
+            found = found.filter(source_system=source)
+        rows[model.__name__] = sorted(found.values_list(*fields))
+    return rows

@@ -17,7 +17,7 @@ from integrations import services, tasks
 from integrations.choices import ErrorStatus, ReviewStatus, RunStatus
 from integrations.models import IdentityReview, RecordError, SyncDefinition
 from integrations.sample import HEADERS, build_roster, write_zip
-from tests.integrations.csv_sync import changed_roster, run_zip
+from tests.integrations.csv_sync import changed_roster, run_zip, snapshot
 
 SOURCE = "sis"
 ENTITIES = [
@@ -244,32 +244,20 @@ def test_a_mass_removal_is_held_then_approved_or_discarded(system, definition, t
     assert students(north.district).count() == 40
 
 
-def _snapshot(district):
-    rows = {}
-    for model in (Student, Enrollment, SectionEnrollment, StudentDemographic):
-        fields = [
-            f.attname
-            for f in model._meta.concrete_fields
-            if f.attname not in ("change_version", "updated_at")
-        ]
-        rows[model.__name__] = sorted(model.objects.filter(district=district).values_list(*fields))
-    return rows
-
-
 def test_rollback_restores_exactly(system, definition, tmp_path, north):
     roster = build_roster(students=30)
     run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
-    before = _snapshot(north.district)
+    before = snapshot(north.district, source=None)
     run = run_zip(definition, system, write_zip(tmp_path / "r2.zip", changed_roster(roster)))
     assert run.status == RunStatus.SUCCEEDED, run.message
     assert run.created_count >= 1 and run.updated_count >= 1 and run.deleted_count >= 4
-    assert _snapshot(north.district) != before
+    assert snapshot(north.district, source=None) != before
     tombstones = Tombstone.objects.filter(table_name="schools_sectionenrollment").count()
     assert tombstones >= 4
 
     rolled = services.run_rollback(run=run, actor=system, enqueue=False)
     assert rolled.status == RunStatus.ROLLED_BACK
-    assert _snapshot(north.district) == before
+    assert snapshot(north.district, source=None) == before
 
 
 def test_failed_records_are_retried_on_the_next_run(system, definition, tmp_path, north):

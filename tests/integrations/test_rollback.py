@@ -22,18 +22,15 @@ from bxos.behavior import services as bsvc
 from bxos.behavior.models import Incident
 from bxos.common.services import model_delete
 from bxos.schools.models import (
-    Enrollment,
     School,
-    SectionEnrollment,
     Student,
-    StudentDemographic,
 )
 from integrations import services, tasks
 from integrations.choices import RunStatus
 from integrations.models import RunChange, SyncDefinition, SyncRun
 from integrations.sample import build_roster, write_zip
 from tests.factories import descriptor
-from tests.integrations.csv_sync import changed_roster, csv_definition, run_zip
+from tests.integrations.csv_sync import changed_roster, csv_definition, run_zip, snapshot
 from tests.integrations.test_oneroster_csv_sync import ENTITIES
 
 SOURCE = "sis"
@@ -57,20 +54,6 @@ def two_runs(world, actor, tmp_path, *, source: str = SOURCE, students: int = 12
     assert second.status == RunStatus.SUCCEEDED, second.message
     assert second.created_count >= 1 and second.updated_count >= 1 and second.deleted_count >= 1
     return definition, second, before
-
-
-def snapshot(district, source: str = SOURCE) -> dict[str, list]:
-    """The synced rows of one source, every column but the change stamps."""
-    rows = {}
-    for model in (Student, Enrollment, SectionEnrollment, StudentDemographic):
-        fields = [
-            f.attname
-            for f in model._meta.concrete_fields
-            if f.attname not in ("change_version", "updated_at")
-        ]
-        found = model.objects.filter(district=district, source_system=source)
-        rows[model.__name__] = sorted(found.values_list(*fields))
-    return rows
 
 
 def rollback_entries(run: SyncRun):
