@@ -43,6 +43,7 @@ from bxos.api.scopes import WEBHOOKS_MANAGE
 from bxos.api.throttling import RateLimitHeadersMixin
 from bxos.api.views import whole_number
 from bxos.api.writes import Conflict, IdempotentWrites
+from bxos.common.db import OTHER_WRITERS_SQL
 from bxos.common.permissions import VIEW, restrict
 from bxos.schools.models import School
 from webhooks import catalogue, outbox, services
@@ -711,8 +712,7 @@ def settled_event_id() -> str:
         cursor.execute("SELECT pg_stat_clear_snapshot()")  # statistics are cached per xact
         cursor.execute(
             "SELECT LEAST(clock_timestamp(), min(xact_start)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND backend_xid IS NOT NULL "
-            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            f"WHERE {OTHER_WRITERS_SQL}"
         )
         (oldest,) = cursor.fetchone()  # LEAST ignores the NULL min() of no rows
     margin = timedelta(seconds=settings.WEBHOOKS.get("PULL_SETTLE_SECONDS", 2))

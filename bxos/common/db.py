@@ -14,10 +14,13 @@ miss them (see docs/development/adding-a-model.md).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+
+logger = logging.getLogger(__name__)
 
 SEQUENCE = "bxos_change_version"
 
@@ -114,23 +117,45 @@ def keeping_change_versions() -> Iterator[None]:
             cursor.execute("SELECT set_config('bxos.keep_change_version', 'off', true)")
 
 
+#: ``pg_stat_activity`` rows of the *other client sessions* of this database that are inside a
+#: writing transaction (they hold a transaction id). Only client sessions stamp change versions
+#: and write events: an autovacuum worker's ANALYZE also holds a transaction id (it writes
+#: statistics), and it can hold it for as long as a long transaction it waits behind, so
+#: counting it would hold every bound back for nothing.
+OTHER_WRITERS_SQL = (
+    "datname = current_database() AND backend_xid IS NOT NULL "
+    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+)
+
+
+def other_writers(cursor) -> list[tuple]:
+    """The other client sessions inside a writing transaction, to name in a message:
+    (pid, application, state, transaction start, the start of its query)."""
+    cursor.execute("SELECT pg_stat_clear_snapshot()")  # statistics are cached per transaction
+    cursor.execute(
+        "SELECT pid, application_name, state, xact_start, left(query, 200) "
+        f"FROM pg_stat_activity WHERE {OTHER_WRITERS_SQL} ORDER BY xact_start"
+    )
+    return cursor.fetchall()
+
+
 def safe_change_version(wait_seconds: float = 5.0) -> int:
     """The newest change version below which every change is committed and visible.
 
     ``current_change_version()`` is not safe as a change feed's upper bound: a writer may have
     stamped a version and not committed yet, and a reader paging past it would skip the row
     for good. The stamping trigger gives its transaction an id *before* taking a version, so:
-    read the current version first, then the transactions of this database that hold an id,
-    and wait for just those to end. Writers that start later get higher versions and need no
-    wait. If those transactions outlast ``wait_seconds`` (a long sync merge), the last safe
-    version any process found is returned: older, never wrong.
+    read the current version first, then the client sessions of this database that hold an
+    id, and wait for just those to end. Writers that start later get higher versions and need
+    no wait. If those transactions outlast ``wait_seconds`` (a long sync merge), the last safe
+    version any process found is returned: older, never wrong, and logged with the sessions
+    that held it back.
     """
     import time as _time
 
     in_flight_sql = (
         "SELECT coalesce(array_agg(backend_xid::text), '{}') FROM pg_stat_activity "
-        "WHERE datname = current_database() AND backend_xid IS NOT NULL "
-        "AND pid <> pg_backend_pid()"
+        f"WHERE {OTHER_WRITERS_SQL}"
     )
     deadline = _time.monotonic() + wait_seconds
     with connection.cursor() as cursor:
@@ -142,7 +167,16 @@ def safe_change_version(wait_seconds: float = 5.0) -> int:
             if _time.monotonic() >= deadline:
                 cursor.execute("SELECT safe_version FROM bxos_change_horizon WHERE id = 1")
                 row = cursor.fetchone()
-                return min(row[0], version) if row else 0
+                safe = min(row[0], version) if row else 0
+                logger.warning(
+                    "change version %s is not safe yet after %.1f s: sessions still writing "
+                    "(pid, application, state, since, query): %s; using %s",
+                    version,
+                    wait_seconds,
+                    other_writers(cursor),
+                    safe,
+                )
+                return safe
             _time.sleep(0.005)
             # Statistics views are snapshotted per transaction: clear it to see live values.
             cursor.execute("SELECT pg_stat_clear_snapshot()")

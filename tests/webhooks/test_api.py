@@ -33,6 +33,7 @@ from bxos.api.models import (
 from bxos.api.resources import RESOURCES
 from bxos.api.schema import model_field
 from bxos.api.throttling import clear_rules_cache
+from bxos.common.db import other_writers
 from bxos.common.services import model_create, model_update
 from tests.bxos.api.test_api_read import api, make_client, token_for
 from tests.bxos.api.test_oauth_delegated import delegated_token, make_app
@@ -712,14 +713,7 @@ def _no_other_writers(wait_seconds: float = 30) -> None:
     deadline = time.monotonic() + wait_seconds
     while True:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute(
-                "SELECT pid, application_name, state, xact_start, left(query, 300) "
-                "FROM pg_stat_activity WHERE datname = current_database() "
-                "AND backend_xid IS NOT NULL AND pid <> pg_backend_pid() "
-                "AND backend_type = 'client backend'"
-            )
-            writers = cursor.fetchall()
+            writers = other_writers(cursor)
         if not writers:
             return
         if time.monotonic() > deadline:
