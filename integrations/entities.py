@@ -50,6 +50,10 @@ class EntitySpec:
     effective_dated: bool = False
     #: the entity's key among current rows when effective-dated (besides source id)
     current_key: str | None = None
+    #: effective-dated: a date target the source may fill with the day a change took effect
+    #: (the new period starts then); left empty, the period is cut at the run date. Not a
+    #: compared value: a record is changed by its values, the date only places the cut.
+    effective_from: str | None = None
     #: targets identifying a row the district may already have made by hand (a school by its
     #: code): such a row not yet linked to any source is adopted instead of duplicated
     natural_key: tuple[str, ...] = ()
@@ -211,9 +215,11 @@ ENTITIES: tuple[EntitySpec, ...] = (
             Target("section_504", "bool", default_sql="false"),
             Target("english_learner", "bool", default_sql="false"),
             Target("economically_disadvantaged", "bool", default_sql="false"),
+            Target("valid_from", "date"),
         ),
         effective_dated=True,
         current_key="student",
+        effective_from="valid_from",
     ),
     EntitySpec(
         "section",

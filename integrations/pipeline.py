@@ -787,6 +787,13 @@ class Stager:
                 f"WHEN {nonempty} AND {v} NOT IN ({codes}) THEN {shown} || "
                 f"{lit(f' is not a valid {name}; expected one of: ' + ', '.join(target.codes))}"
             )
+        if name == spec.effective_from:
+            # A period cannot start in the future: the hub's current row is the one in
+            # effect now. The record is retried each run until the day comes.
+            checks.append(
+                f"WHEN {nonempty} AND {v}::date > CURRENT_DATE THEN {shown} || "
+                f"{lit(' is after today: a change is synced once it has taken effect')}"
+            )
         max_length = spec.max_length(target)
         if max_length:
             checks.append(
@@ -1152,7 +1159,14 @@ class Merger:
         )
 
     def _compared_columns(self, spec) -> list[str]:
-        return [t.column for t in spec.targets]
+        return [t.column for t in spec.targets if t.name != spec.effective_from]
+
+    def _effective_sql(self, spec) -> str:
+        """The day a changed effective-dated row's new period starts: the source's effective
+        date when it sent one, else the run date (PostgreSQL's CURRENT_DATE)."""
+        if spec.effective_from:
+            return f"coalesce(r.{q(spec.target(spec.effective_from).column)}, CURRENT_DATE)"
+        return "CURRENT_DATE"
 
     def _classify(self, cur, spec, res, p) -> None:
         cols = self._compared_columns(spec)
@@ -1296,12 +1310,15 @@ class Merger:
         table = q(spec.table)
         cols = self._compared_columns(spec)
         if spec.effective_dated:
-            # Close the current row and open a new one from today; a row opened today is
-            # corrected in place.
+            # Close the current row and open a new one from the day the change took effect
+            # (the source's effective date, else today). A current row that began on or
+            # after that day is corrected in place: periods are never rewritten backwards
+            # (an earlier, closed period keeps what the hub recorded for it).
+            effective = self._effective_sql(spec)
             cur.execute(
-                f"UPDATE {table} t SET valid_to = CURRENT_DATE, updated_at = now(), "
+                f"UPDATE {table} t SET valid_to = {effective}, updated_at = now(), "
                 f"last_run_id = %(run)s FROM {res} r "
-                f"WHERE r._op = 'update' AND t.id = r._hub_id AND t.valid_from < CURRENT_DATE",
+                f"WHERE r._op = 'update' AND t.id = r._hub_id AND t.valid_from < {effective}",
                 p,
             )
             closed = cur.rowcount
@@ -1310,7 +1327,10 @@ class Merger:
                 f"WHERE r._op = 'update' AND t.id = r._hub_id AND t.valid_to IS NOT NULL"
             )
             if closed:
-                self.log(f"{spec.name}: closed {closed} row(s) as of today; new rows follow")
+                self.log(
+                    f"{spec.name}: closed {closed} row(s) as of the day the change took effect "
+                    "(the source's effective date, else today); new rows follow"
+                )
         assignments = ", ".join(f"{q(c)} = r.{q(c)}" for c in cols)
         statement = (
             f"UPDATE {table} t SET {assignments}, source_system = %(source)s, "
@@ -1321,7 +1341,7 @@ class Merger:
 
     def _insert_defaults(self, spec) -> dict[str, str]:
         """SQL for the model's other columns: Django defaults are not database defaults."""
-        covered = {t.column for t in spec.targets} | {
+        covered = set(self._compared_columns(spec)) | {
             "id",
             "district_id",
             "created_at",
@@ -1341,7 +1361,7 @@ class Merger:
             elif f.null:
                 out[f.column] = "NULL"
             elif f.column == "valid_from":
-                out[f.column] = "CURRENT_DATE"
+                out[f.column] = self._effective_sql(spec)
             else:
                 out[f.column] = "''"
         return out

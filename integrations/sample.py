@@ -333,8 +333,12 @@ def write_zip(
             if name in raw_files:
                 zf.writestr(f"{name}.csv", raw_files[name])
             elif name in roster.files and modes.get(name) != "absent":
+                # OneRoster 1.2 allows extension columns named metadata.*; a row that has
+                # one adds it to the file's header.
+                rows = roster.files[name]
+                extra = sorted({k for row in rows for k in row if k.startswith("metadata.")})
                 with zf.open(f"{name}.csv", "w") as fh:
-                    _write_rows(fh, HEADERS[name], roster.files[name], encoding)
+                    _write_rows(fh, [*HEADERS[name], *extra], rows, encoding)
     return path
 
 

@@ -3,10 +3,11 @@ open a new one, and the history stays (integrations/entities.py: ``student_demog
 ``effective_dated`` with ``current_key="student"``; schools.StudentDemographic has
 ``valid_from``/``valid_to`` with no overlap allowed).
 
-What the model represents: periods cut at the day the sync sees the change (the pipeline closes
-the current row as of today and opens the new one from today). What it does not: an effective
-date sent by the source. Neither OneRoster's demographics nor the hub's mapping targets carry
-one, so a change dated in the past by the SIS is recorded as of the sync date.
+Where a period is cut: at the effective date the source sends, when the mapping fills the
+``valid_from`` target (OneRoster has no such field; a SIS export adds an extension column such
+as ``metadata.effectiveDate``), else at the day the sync sees the change. A date in the future
+is a record error (the current row is the one in effect now); a date before the current period
+began corrects that period in place (periods are not rewritten backwards).
 
 The first period is moved into the past before the change (as if synced weeks ago): the
 pipeline corrects a row opened the same day in place, since a period cannot be empty.
@@ -71,7 +72,7 @@ def test_a_changed_demographic_closes_the_period_and_opens_a_new_one(
     # Counted as a new row (the new period); the old one is closed, not changed otherwise.
     assert second.diff["student_demographic"]["created"] == 1
     assert second.diff["student_demographic"]["updated"] == 0
-    assert "student_demographic: closed 1 row(s) as of today" in second.log
+    assert "student_demographic: closed 1 row(s) as of the day the change took effect" in second.log
     assert periods(student) == [
         (start, today, "F", race, "s1"),  # the old period, closed, kept
         (today, None, "M", race, "s1"),  # the new one, current
@@ -109,3 +110,80 @@ def test_a_changed_demographic_closes_the_period_and_opens_a_new_one(
         (start, today, "F", race, "s1"),
         (today, None, "M", race, "s1"),
     ]
+
+
+def effective_mapping(definition, actor) -> None:
+    """The connector's demographics mapping plus the effective date from an extension column
+    (OneRoster 1.2 has none of its own; a SIS export adds ``metadata.effectiveDate``)."""
+    integration = definition.integration
+    rules, _version = services.current_rules(integration, "student_demographic")
+    services.mapping_save(
+        integration=integration,
+        entity="student_demographic",
+        rules=[
+            *rules,
+            {
+                "target": "valid_from",
+                "source": "metadata.effectiveDate",
+                "transforms": [{"op": "trim"}],
+            },
+        ],
+        actor=actor,
+        note="effective dates from the SIS",
+    )
+
+
+def test_the_source_s_effective_date_places_the_cut(north, system, definition, tmp_path):
+    effective_mapping(definition, system)
+    today = database_today()
+    enrolled, changed, later = (today - timedelta(days=d) for d in (60, 10, -3))
+    roster = build_roster(students=8)
+    for row in roster.rows("demographics"):
+        row["metadata.effectiveDate"] = enrolled.isoformat()
+    first = run_zip(definition, system, write_zip(tmp_path / "e1.zip", roster))
+    assert first.status == RunStatus.SUCCEEDED, first.message
+    s1, s2, s3 = (
+        Student.objects.get(district=north.district, source_system=SOURCE, source_id=f"s{n}")
+        for n in (1, 2, 3)
+    )
+    [(opened, closed, sex, race, _sid)] = periods(s1)
+    assert (opened, closed, sex) == (enrolled, None, "F")  # not the run date
+
+    # The SIS says s1 is male since ten days ago: the period is cut then, not today.
+    roster.find("demographics", "s1").update(
+        sex="male", **{"metadata.effectiveDate": changed.isoformat()}
+    )
+    second = run_zip(definition, system, write_zip(tmp_path / "e2.zip", roster))
+    assert second.status == RunStatus.SUCCEEDED, second.message
+    assert "closed 1 row(s) as of the day the change took effect" in second.log
+    assert periods(s1) == [(enrolled, changed, "F", race, "s1"), (changed, None, "M", race, "s1")]
+    assert second.diff["student_demographic"]["created"] == 1
+    assert second.diff["student_demographic"]["updated"] == 0
+
+    # The same file again changes nothing: the date places a cut, it is not a value compared.
+    third = run_zip(definition, system, write_zip(tmp_path / "e3.zip", roster))
+    assert third.status == RunStatus.SUCCEEDED, third.message
+    assert third.diff["student_demographic"]["updated"] == 0
+    assert third.diff["student_demographic"]["created"] == 0
+    assert len(periods(s1)) == 2
+
+    # A change dated in the future is refused (named, retried each run); the period stays.
+    before_s2 = periods(s2)
+    roster.find("demographics", "s2").update(
+        sex="male", **{"metadata.effectiveDate": later.isoformat()}
+    )
+    # A change dated before the current period began corrects that period in place.
+    roster.find("demographics", "s3")["sex"] = "male"
+    roster.find("demographics", "s3")["metadata.effectiveDate"] = (
+        enrolled - timedelta(days=30)
+    ).isoformat()
+    fourth = run_zip(definition, system, write_zip(tmp_path / "e4.zip", roster))
+    assert fourth.status == RunStatus.PARTIAL, fourth.message
+    [error] = fourth.errors.filter(entity="student_demographic")
+    assert (error.source_id, error.field) == ("s2", "valid_from")
+    assert error.reason == (
+        f"'{later.isoformat()}' is after today: a change is synced once it has taken effect"
+    )
+    assert periods(s2) == before_s2
+    [(opened3, closed3, sex3, _race3, _)] = periods(s3)
+    assert (opened3, closed3, sex3) == (enrolled, None, "M")
