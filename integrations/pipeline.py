@@ -37,6 +37,7 @@ exploded lists (see :func:`fingerprinted`).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import json
@@ -100,6 +101,33 @@ def hub_defaults(spec: ent.EntitySpec, district_id: int) -> str:
             )
             values = list(cur.fetchone())
     return hashlib.md5(json.dumps(values).encode()).hexdigest()
+
+
+HASH_WORK_MEM = "128MB"
+
+
+@contextlib.contextmanager
+def hash_joins(cur) -> Iterator[None]:
+    """For the statements inside, within the caller's transaction: no nested loops.
+
+    The fingerprint statements join a run's records to the fingerprints and to the hub table
+    by hash: the hub table was just loaded by this transaction (a first run inserting a
+    million rows) and the fingerprints by the previous run, so their statistics may say
+    "empty", and the planner's nested loop over them then takes hours instead of a second.
+    Set as a transaction-local setting and put back after, so nothing else in the merge sees
+    it (a failed statement's savepoint or transaction undoes it too)."""
+    cur.execute("SELECT current_setting('enable_nestloop'), current_setting('work_mem')")
+    nestloop, work_mem = cur.fetchone()
+    # Memory enough to hash a million records' fingerprints without spilling to disk.
+    cur.execute(
+        "SELECT set_config('enable_nestloop', 'off', true), set_config('work_mem', %s, true)",
+        [HASH_WORK_MEM],
+    )
+    yield
+    cur.execute(
+        "SELECT set_config('enable_nestloop', %s, true), set_config('work_mem', %s, true)",
+        [nestloop, work_mem],
+    )
 
 
 def fingerprinted(spec: ent.EntitySpec, read: EntityRead) -> bool:
@@ -346,19 +374,22 @@ class Stager:
                 f"({deleted_sql}) AS _deleted, {fp} AS _fp FROM {raw} r{joined}{filtered}"
             )
             cur.execute(f"ANALYZE {fps}")
+        with transaction.atomic(), connection.cursor() as cur, hash_joins(cur):
             cur.execute(
                 f"""
                 CREATE UNLOGGED TABLE {kept} AS
-                SELECT f._line, f._sid, s.hub_id AS _hub_id, s.hub_change_version AS _cv
-                FROM {fps} f
-                JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
-                  AND s.entity = %(entity)s AND s.source_id = f._sid
-                  AND s.fingerprint = md5(%(defaults)s || f._fp::text)::uuid
-                JOIN {q(spec.table)} t ON t.id = s.hub_id
-                  AND t.change_version = s.hub_change_version AND t.source_id = f._sid
-                WHERE f._line < 2000000000 AND NOT f._deleted
-                  AND NOT EXISTS (SELECT 1 FROM {fps} d WHERE d._sid = f._sid
-                                  AND d._line <> f._line)
+                WITH same AS MATERIALIZED (
+                    SELECT f._line, f._sid, s.hub_id AS _hub_id, s.hub_change_version AS _cv
+                    FROM {fps} f
+                    JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
+                      AND s.entity = %(entity)s AND s.source_id = f._sid
+                      AND s.fingerprint = md5(%(defaults)s || f._fp::text)::uuid
+                    WHERE f._line < 2000000000 AND NOT f._deleted
+                )
+                SELECT m._line, m._sid, m._hub_id, m._cv FROM same m
+                JOIN {q(spec.table)} t ON t.id = m._hub_id AND t.change_version = m._cv
+                WHERE NOT EXISTS (SELECT 1 FROM {fps} d WHERE d._sid = m._sid
+                                  AND d._line <> m._line)
                 """,
                 {**self._params(spec.name), "defaults": defaults},
             )
@@ -1439,6 +1470,7 @@ class Merger:
         # The hub's defaults changed since staging (this run merged a new school year): any
         # kept record may map differently now.
         moved = hub_defaults(spec, self.run.district_id) != st.defaults
+        # By the hub's primary key: a nested loop over the kept rows is safe here.
         cur.execute(
             f"""
             WITH stale AS MATERIALIZED (
@@ -1470,26 +1502,27 @@ class Merger:
         unchanged (its fingerprint, hub row and that row's change version now), in one
         statement from the resolved table; forget the records it removed or that failed.
         Inside the merge's transaction: a held or failed run stores nothing."""
-        cur.execute(
-            f"""
-            INSERT INTO integrations_recordfingerprint
-                (definition_id, entity, source_id, fingerprint, hub_id, hub_change_version)
-            SELECT %(definition)s, %(entity)s, r._sid, md5(%(defaults)s || r._fp::text)::uuid,
-                   t.id, t.change_version
-            FROM {res} r JOIN {q(spec.table)} t ON t.district_id = %(district)s
-              AND t.source_system = %(source)s AND t.source_id = r._sid
-            WHERE r._op IN ('insert', 'update', 'unchanged') AND r._fp IS NOT NULL
-            ON CONFLICT (definition_id, entity, source_id) DO UPDATE
-            SET fingerprint = EXCLUDED.fingerprint, hub_id = EXCLUDED.hub_id,
-                hub_change_version = EXCLUDED.hub_change_version
-            WHERE (integrations_recordfingerprint.fingerprint,
-                   integrations_recordfingerprint.hub_id,
-                   integrations_recordfingerprint.hub_change_version)
-                  IS DISTINCT FROM
-                  (EXCLUDED.fingerprint, EXCLUDED.hub_id, EXCLUDED.hub_change_version)
-            """,
-            {**p, "defaults": hub_defaults(spec, self.run.district_id)},
-        )
+        with hash_joins(cur):
+            cur.execute(
+                f"""
+                INSERT INTO integrations_recordfingerprint
+                    (definition_id, entity, source_id, fingerprint, hub_id, hub_change_version)
+                SELECT %(definition)s, %(entity)s, r._sid, md5(%(defaults)s || r._fp::text)::uuid,
+                       t.id, t.change_version
+                FROM {res} r JOIN {q(spec.table)} t ON t.district_id = %(district)s
+                  AND t.source_system = %(source)s AND t.source_id = r._sid
+                WHERE r._op IN ('insert', 'update', 'unchanged') AND r._fp IS NOT NULL
+                ON CONFLICT (definition_id, entity, source_id) DO UPDATE
+                SET fingerprint = EXCLUDED.fingerprint, hub_id = EXCLUDED.hub_id,
+                    hub_change_version = EXCLUDED.hub_change_version
+                WHERE (integrations_recordfingerprint.fingerprint,
+                       integrations_recordfingerprint.hub_id,
+                       integrations_recordfingerprint.hub_change_version)
+                      IS DISTINCT FROM
+                      (EXCLUDED.fingerprint, EXCLUDED.hub_id, EXCLUDED.hub_change_version)
+                """,
+                {**p, "defaults": hub_defaults(spec, self.run.district_id)},
+            )
         cur.execute(
             f"""
             DELETE FROM integrations_recordfingerprint f
