@@ -1234,11 +1234,15 @@ class Merger:
                 selects.append(f"coalesce({alias}.id{default}) AS {q(target.column)}")
                 joins.append(
                     f"LEFT JOIN {q(ref_spec.table)} {alias} ON {alias}.district_id = %(district)s "
-                    f"AND {alias}.source_system = %(source)s AND {alias}.source_id = {raw_ref}"
+                    f"AND {alias}.source_system = %(source)s AND {alias}.source_id = {raw_ref} "
+                    f"AND {alias}.source_id <> ''"
                 )
             else:
                 selects.append(f"{self._cast(target, v)} AS {q(target.column)}")
         cur.execute(f"DROP TABLE IF EXISTS {res}")
+        # "source_id <> ''" (true of every good record) lets the planner use the lineage
+        # index, which is partial: with records kept at staging, few are left to resolve, and
+        # a nested loop over the district index instead read the whole district per record.
         cur.execute(
             f"CREATE TEMP TABLE {res} ON COMMIT DROP AS SELECT {', '.join(selects)}, "
             f"t.id AS _hub_id, false AS _adopt, NULL::text AS _op, "
@@ -1246,7 +1250,7 @@ class Merger:
             f"FROM {st.table} m {' '.join(joins)} "
             f"LEFT JOIN {q(spec.table)} t ON t.district_id = %(district)s "
             f"AND t.source_system = %(source)s AND t.source_id = m._sid "
-            f"AND %(effective)s = false "
+            f"AND t.source_id <> '' AND %(effective)s = false "
             f"WHERE NOT m._bad",
             {**p, "effective": spec.effective_dated},
         )
@@ -1511,6 +1515,7 @@ class Merger:
                        t.id, t.change_version
                 FROM {res} r JOIN {q(spec.table)} t ON t.district_id = %(district)s
                   AND t.source_system = %(source)s AND t.source_id = r._sid
+                  AND t.source_id <> ''
                 WHERE r._op IN ('insert', 'update', 'unchanged') AND r._fp IS NOT NULL
                 ON CONFLICT (definition_id, entity, source_id) DO UPDATE
                 SET fingerprint = EXCLUDED.fingerprint, hub_id = EXCLUDED.hub_id,
