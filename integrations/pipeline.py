@@ -1418,19 +1418,16 @@ class Merger:
             if st.parents and not spec.effective_dated:
                 ids |= self._dropped_items(cur, spec, st, active, p)
             return sorted(ids)
-        # Records kept at staging as unchanged are in the source as much as mapped ones.
-        kept = (
-            f" AND NOT EXISTS (SELECT 1 FROM {st.kept} k WHERE k._sid = t.source_id)"
-            if st.kept
-            else ""
-        )
+        # With fingerprints, the table of every staged row (mapped or kept at staging as
+        # unchanged: both are in the source) says the same as the mapped table says alone.
+        present = st.fingerprints or st.table
         cur.execute(
             f"""
             SELECT t.id FROM {q(spec.table)} t
             WHERE t.district_id = %(district)s AND t.source_system = %(source)s
               AND t.source_id <> ''{active}
-              AND NOT EXISTS (SELECT 1 FROM {st.table} m
-                              WHERE m._sid = t.source_id AND NOT m._deleted){kept}
+              AND NOT EXISTS (SELECT 1 FROM {present} m
+                              WHERE m._sid = t.source_id AND NOT m._deleted)
             """,
             p,
         )
