@@ -24,12 +24,22 @@ costs a handful of statements, not a million round trips (benchmark B2):
    the rest: the delete trigger writes tombstones), advance the cursor, audit, emit events.
    A constraint the database still rejects (two rows claiming one open enrollment) is isolated
    by bisection under savepoints and becomes a record error; the rest of the set goes in.
+
+Between 1 and 2, records unchanged since the definition's last merge are *kept*: each staged
+row gets a fingerprint (md5 of the mapping's signature, its own text and its joined rows'),
+and a row whose fingerprint and hub row (same change version) are as the last merge stored
+them is neither mapped, validated nor merged; it counts as unchanged, and as present for
+removals. The merge re-checks kept rows' hub rows in its transaction and stores the
+fingerprints of what it left (``RecordFingerprint``). Not for effective-dated entities or
+exploded lists (see :func:`fingerprinted`).
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -69,6 +79,66 @@ PG_ENCODINGS = {
 
 TRUE_WORDS = ("true", "t", "1", "yes", "y")
 FALSE_WORDS = ("false", "f", "0", "no", "n")
+
+
+#: Part of every fingerprint's signature: raise it when a change to the mapping code (not the
+#: rules) changes what a record maps to, so that no record is skipped on a stale fingerprint.
+FINGERPRINT_VERSION = 1
+
+
+def hub_defaults(spec: ent.EntitySpec, district_id: int) -> str:
+    """md5 of the values the merge fills in for fields a record leaves empty (today's school
+    year, its start): they come from the hub, not the record, so a fingerprint holds only
+    while they are the same. Stored fingerprints are md5(this || the record's fingerprint),
+    with this as the merge that stored them saw it."""
+    defaults = [t for t in spec.targets if t.default_sql]
+    values: list = []
+    if defaults:
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT " + ", ".join(f"({t.default_sql})::text" for t in defaults),
+                {"district": district_id},
+            )
+            values = list(cur.fetchone())
+    return hashlib.md5(json.dumps(values).encode()).hexdigest()
+
+
+HASH_WORK_MEM = "128MB"
+
+
+@contextlib.contextmanager
+def hash_joins(cur) -> Iterator[None]:
+    """For the statements inside, within the caller's transaction: no nested loops.
+
+    The fingerprint statements join a run's records to the fingerprints and to the hub table
+    by hash: the hub table was just loaded by this transaction (a first run inserting a
+    million rows) and the fingerprints by the previous run, so their statistics may say
+    "empty", and the planner's nested loop over them then takes hours instead of a second.
+    Set as a transaction-local setting and put back after, so nothing else in the merge sees
+    it (a failed statement's savepoint or transaction undoes it too)."""
+    cur.execute("SELECT current_setting('enable_nestloop'), current_setting('work_mem')")
+    nestloop, work_mem = cur.fetchone()
+    # Memory enough to hash a million records' fingerprints without spilling to disk.
+    cur.execute(
+        "SELECT set_config('enable_nestloop', 'off', true), set_config('work_mem', %s, true)",
+        [HASH_WORK_MEM],
+    )
+    yield
+    cur.execute(
+        "SELECT set_config('enable_nestloop', %s, true), set_config('work_mem', %s, true)",
+        [nestloop, work_mem],
+    )
+
+
+def fingerprinted(spec: ent.EntitySpec, read: EntityRead) -> bool:
+    """Whether records unchanged since the last run are skipped for this entity.
+
+    Not for effective-dated entities (a row's current period depends on today as well as on
+    the record) nor for reads that explode a list into records (one raw row, many hub rows,
+    and removals found per item): both are small next to the entities that are neither
+    (section enrollments), and skipping them would need per-item bookkeeping.
+    """
+    return not spec.effective_dated and not read.explode
 
 
 class Held(Exception):
@@ -157,6 +227,12 @@ class Staged:
     # An incomplete read that explodes a list (a guardian's agentSourcedIds): the table of the
     # parents it carried, whose lists are complete, so their dropped items are removals.
     parents: str | None = None
+    # Records skipped as unchanged since the last run (see Stager._keep_unchanged): the table
+    # of their lines, source ids and hub rows, and the table of every row's fingerprint.
+    kept: str | None = None
+    fingerprints: str | None = None
+    defaults: str | None = None  # hub_defaults() as staging saw them
+    kept_rows: int = 0
 
 
 class Stager:
@@ -191,6 +267,12 @@ class Stager:
         else:
             columns, file_sql, sid_sql, deleted_sql = self._stage_records(read, raw, needed)
         self._inject_retries(entity, raw, columns, read)
+        kept = None
+        kept_rows = 0
+        if fingerprinted(spec, read):
+            kept, kept_rows = self._keep_unchanged(
+                spec, read, raw, columns, rules, crosswalks, sid_sql, deleted_sql
+            )
         mapped = self.table_name(entity)
         parents = None
         if read.explode and not read.complete:
@@ -207,6 +289,7 @@ class Stager:
             sid_sql,
             deleted_sql,
             parents=parents,
+            kept=kept,
         )
         if not read.complete:
             self._fall_back_to_current(spec, mapped, targets)
@@ -220,7 +303,101 @@ class Stager:
             key_changes=list(read.key_changes),
             targets=targets,
             parents=parents,
+            kept=kept[0] if kept else None,
+            fingerprints=kept[1] if kept else None,
+            defaults=kept[2] if kept else None,
+            kept_rows=kept_rows,
         )
+
+    # -- skipping records unchanged since the last run
+
+    def _signature(
+        self, spec: ent.EntitySpec, read: EntityRead, raw: str, rules, crosswalks
+    ) -> str:
+        """md5 of everything besides the record's own text that decides its mapped values:
+        the rules, the crosswalks they name, how the read selects, derives and joins, and
+        the staged columns. (The hub's defaults are added by :func:`hub_defaults`.)"""
+        used: set[str] = set()
+        for rule in rules:
+            for op in rule.get("transforms") or ():
+                if isinstance(op, dict) and op.get("op") == "crosswalk" and op.get("table"):
+                    used.add(op["table"])
+        signature = {
+            "version": FINGERPRINT_VERSION,
+            "entity": spec.name,
+            "targets": [repr(t) for t in spec.targets],
+            "rules": rules,
+            "crosswalks": {name: crosswalks.get(name) for name in sorted(used)},
+            "where": read.where,
+            "derived": read.derived,
+            "explode": read.explode,
+            "id_field": read.id_field,
+            "deleted_when": read.deleted_when,
+            "columns": self._raw_columns(raw),
+            "joins": [
+                [join.key, join.from_field, join.aggregates, self._raw_columns(table)]
+                for table, _provides, join in (self._joins if read.csv is not None else [])
+            ],
+        }
+        return hashlib.md5(json.dumps(signature, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _keep_unchanged(
+        self, spec, read, raw, columns, rules, crosswalks, sid_sql, deleted_sql
+    ) -> tuple[tuple[str, str, str], int]:
+        """Fingerprint every staged row and find those this definition's last merge left
+        exactly so: same fingerprint, and the hub row it left still at the same change
+        version (a hub-side edit, a rollback or a removal changes or removes it). Those are
+        *kept*: not mapped, validated or merged (benchmark B2: a re-run with 1% changed maps
+        1% of the rows).
+
+        Never kept: records retried from earlier errors, rows the read marks deleted, and a
+        source id the read has more than once (the duplicate must still fail validation).
+        Returns ((kept table, fingerprint table, hub defaults as seen now), kept rows).
+        """
+        fps = self.table_name(spec.name, "_fp")
+        defaults = hub_defaults(spec, self.run.district_id)
+        kept = self.table_name(spec.name, "_kept")
+        column = self._column_sql(read, columns)
+        joined, filtered = self._joined_sql(read, column, texts=True)
+        row = ", ".join(f"r.{q(c)}" for c in self._raw_columns(raw))
+        # The parts are separated by a control character, and a missing joined row is a
+        # marker no row's text can be (a row's text starts with "(").
+        parts = [lit(self._signature(spec, read, raw, rules, crosswalks)), f"ROW({row})::text"]
+        for n in range(len(self._joins if read.csv is not None else [])):
+            parts.append(f"coalesce(j{n}._t, E'\\x01')")
+        fp = f"md5(concat_ws(E'\\x1e', {', '.join(parts)}))::uuid"
+        with connection.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {fps}")
+            cur.execute(f"DROP TABLE IF EXISTS {kept}")
+            cur.execute(
+                f"CREATE UNLOGGED TABLE {fps} AS SELECT r._line AS _line, ({sid_sql}) AS _sid, "
+                f"({deleted_sql}) AS _deleted, {fp} AS _fp FROM {raw} r{joined}{filtered}"
+            )
+            cur.execute(f"ANALYZE {fps}")
+        with transaction.atomic(), connection.cursor() as cur, hash_joins(cur):
+            cur.execute(
+                f"""
+                CREATE UNLOGGED TABLE {kept} AS
+                WITH same AS MATERIALIZED (
+                    SELECT f._line, f._sid, s.hub_id AS _hub_id, s.hub_change_version AS _cv
+                    FROM {fps} f
+                    JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
+                      AND s.entity = %(entity)s AND s.source_id = f._sid
+                      AND s.fingerprint = md5(%(defaults)s || f._fp::text)::uuid
+                    WHERE f._line < 2000000000 AND NOT f._deleted
+                )
+                SELECT m._line, m._sid, m._hub_id, m._cv FROM same m
+                JOIN {q(spec.table)} t ON t.id = m._hub_id AND t.change_version = m._cv
+                WHERE NOT EXISTS (SELECT 1 FROM {fps} d WHERE d._sid = m._sid
+                                  AND d._line <> m._line)
+                """,
+                {**self._params(spec.name), "defaults": defaults},
+            )
+            count = cur.rowcount
+            cur.execute(f"ANALYZE {kept}")
+        if count:
+            self.log(f"{spec.name}: {count} record(s) unchanged since the last run; not mapped")
+        return (kept, fps, defaults), count
 
     def _needed_fields(self, read: EntityRead, rules: list[dict]) -> set[str]:
         needed = set(transforms.source_fields(rules)) - {"_item"}
@@ -592,20 +769,9 @@ class Stager:
         deleted_sql,
         *,
         parents: str | None = None,
+        kept: tuple[str, ...] | None = None,
     ) -> list[str]:
-        joins = self._joins if read.csv is not None else []
-
-        def column(name: str) -> str:
-            if name == "_item":
-                return "btrim(x._item)" if read.explode else "NULL::text"
-            if name in read.derived:
-                return f"NULLIF(({read.derived[name]}), '')"
-            if name in columns:
-                return f"NULLIF(r.{q(name)}, '')"
-            for n, (_table, provides, _join) in enumerate(joins):
-                if name in provides:
-                    return f"NULLIF(j{n}.{q(name)}, '')"
-            return "NULL::text"
+        column = self._column_sql(read, columns)
 
         missing = sorted(
             f for f in transforms.source_fields(rules) if f != "_item" and column(f) == "NULL::text"
@@ -631,26 +797,22 @@ class Stager:
             targets.append(c.target)
             selects.append(f"({c.value_sql})::text AS {q('v_' + c.target)}")
             selects.append(f"({c.error_sql or 'NULL'})::text AS {q('e_' + c.target)}")
-        where = [
-            f"{column(k)} IN ({', '.join(lit(v) for v in values)})"
-            for k, values in read.where.items()
-        ]
-        joined = ""
-        for n, (table, _provides, join) in enumerate(joins):
-            key, left = q(join.key), q(join.from_field)
-            if join.aggregates:
-                aggs = ", ".join(f"{sql} AS {q(alias)}" for alias, sql in join.aggregates.items())
-                sub = f"SELECT {key}, {aggs} FROM {table} x GROUP BY {key}"
-            else:
-                sub = f"SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key}, _line"
-            joined += f" LEFT JOIN ({sub}) j{n} ON j{n}.{key} = r.{left}"
+        joined, filtered = self._joined_sql(read, column)
+        parents_from = f"{raw} r{joined}{filtered}"
+        if kept is not None:
+            # Records the fingerprints showed unchanged are neither mapped nor merged; their
+            # fingerprint is carried along so the merge can store it for the rest.
+            selects.append("f._fp AS _fp")
+            joined += f" LEFT JOIN {kept[1]} f ON f._line = r._line"
+            filtered += (" AND " if filtered else " WHERE ") + (
+                f"NOT EXISTS (SELECT 1 FROM {kept[0]} k WHERE k._line = r._line)"
+            )
         explode = ""
         if read.explode:
             explode = (
                 f" CROSS JOIN LATERAL unnest(string_to_array({column(read.explode)}, ','))"
                 " AS x(_item)"
             )
-        filtered = f" WHERE {' AND '.join(where)}" if where else ""
         with connection.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {mapped}")
             cur.execute(
@@ -663,9 +825,68 @@ class Stager:
                 cur.execute(f"DROP TABLE IF EXISTS {parents}")
                 cur.execute(
                     f"CREATE UNLOGGED TABLE {parents} AS SELECT DISTINCT ({sid_sql}) AS _parent "
-                    f"FROM {raw} r{joined}{filtered}"
+                    f"FROM {parents_from}"
                 )
         return targets
+
+    def _column_sql(self, read: EntityRead, columns: set[str]):
+        """A function from a source field's name to its SQL over the staged row ``r``, the
+        joined rows ``j0``, ``j1``... and the exploded item ``x``."""
+        joins = self._joins if read.csv is not None else []
+
+        def column(name: str) -> str:
+            if name == "_item":
+                return "btrim(x._item)" if read.explode else "NULL::text"
+            if name in read.derived:
+                return f"NULLIF(({read.derived[name]}), '')"
+            if name in columns:
+                return f"NULLIF(r.{q(name)}, '')"
+            for n, (_table, provides, _join) in enumerate(joins):
+                if name in provides:
+                    return f"NULLIF(j{n}.{q(name)}, '')"
+            return "NULL::text"
+
+        return column
+
+    def _joined_sql(self, read: EntityRead, column, *, texts: bool = False) -> tuple[str, str]:
+        """The joins of the staged row to its joined files' rows (``j0``, ``j1``...), and the
+        read's ``where`` filter. ``texts``: each joined row also carries its text as ``_t``
+        (without its line and file), for the fingerprints."""
+        joins = self._joins if read.csv is not None else []
+        where = [
+            f"{column(k)} IN ({', '.join(lit(v) for v in values)})"
+            for k, values in read.where.items()
+        ]
+        joined = ""
+        for n, (table, _provides, join) in enumerate(joins):
+            key, left = q(join.key), q(join.from_field)
+            if join.aggregates:
+                aggs = ", ".join(f"{sql} AS {q(alias)}" for alias, sql in join.aggregates.items())
+                text = ""
+                if texts:
+                    text = ", ROW(" + ", ".join(join.aggregates.values()) + ")::text AS _t"
+                sub = f"SELECT {key}, {aggs}{text} FROM {table} x GROUP BY {key}"
+            elif texts:
+                cols = ", ".join(f"x.{q(c)}" for c in self._raw_columns(table))
+                sub = (
+                    f"SELECT DISTINCT ON ({key}) *, ROW({cols})::text AS _t "
+                    f"FROM {table} x ORDER BY {key}, _line"
+                )
+            else:
+                sub = f"SELECT DISTINCT ON ({key}) * FROM {table} ORDER BY {key}, _line"
+            joined += f" LEFT JOIN ({sub}) j{n} ON j{n}.{key} = r.{left}"
+        filtered = f" WHERE {' AND '.join(where)}" if where else ""
+        return joined, filtered
+
+    def _raw_columns(self, table: str) -> list[str]:
+        """A staging table's columns other than its line and file, in order."""
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                "AND NOT attisdropped AND attname NOT IN ('_line', '_file') ORDER BY attnum",
+                [table],
+            )
+            return [r[0] for r in cur.fetchall()]
 
     def _validate(
         self, spec: ent.EntitySpec, raw: str, mapped: str, targets: list[str], read
@@ -850,13 +1071,15 @@ class EntityResult:
     failed: int = 0
     skipped: int = 0
     existing: int = 0
+    #: of ``unchanged``, the records skipped at staging (fingerprint and hub row unchanged)
+    kept: int = 0
     samples: dict[str, list] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             k: getattr(self, k)
             for k in ("read", "created", "updated", "unchanged", "deleted", "failed", "skipped")
-        } | {"existing": self.existing, "samples": self.samples}
+        } | {"existing": self.existing, "kept": self.kept, "samples": self.samples}
 
 
 class Merger:
@@ -909,6 +1132,9 @@ class Merger:
             good, bad = cur.fetchone()
             result.read = good + bad
             result.failed = bad
+            result.kept = kept = self._recheck_kept(cur, spec, st, p)
+            result.read += st.kept_rows
+            result.unchanged += kept
             self._build_resolved(cur, spec, st, res, p)
             result.failed += self._unresolved_refs(cur, spec, st, res, p)
             if spec.natural_key:
@@ -921,7 +1147,7 @@ class Merger:
             removal_ids = self._removals(cur, spec, st, res, p)
             cur.execute(f"SELECT _op, count(*) FROM {res} GROUP BY _op")
             ops = dict(cur.fetchall())
-            result.unchanged = ops.get("unchanged", 0)
+            result.unchanged += ops.get("unchanged", 0)
             active = " AND is_active" if spec.removal == "deactivate" else ""
             cur.execute(
                 f"SELECT count(*) FROM {table} WHERE district_id = %(district)s "
@@ -944,9 +1170,13 @@ class Merger:
             self._link_self_references(cur, spec, res, p)
             result.deleted, failed_d = self._apply_removals(cur, spec, res, removal_ids, p)
             result.failed += failed_u + failed_i + failed_d
+            if st.fingerprints:
+                self._store_fingerprints(cur, spec, res, removal_ids, p)
             self._audit(spec, result)
             self._emit(cur, spec, res, result)
             cur.execute(f"DROP TABLE IF EXISTS {res}")
+        if st.fingerprints:
+            self.log(f"{st.entity}: {kept} record(s) skipped as unchanged since the last run")
         self.log(
             f"{st.entity}: read {result.read}, created {result.created}, updated "
             f"{result.updated}, unchanged {result.unchanged}, removed {result.deleted}, failed "
@@ -994,6 +1224,8 @@ class Merger:
 
     def _build_resolved(self, cur, spec: ent.EntitySpec, st: Staged, res: str, p) -> None:
         selects = ["m._line", "m._file", "m._sid", "m._deleted"]
+        if st.fingerprints:
+            selects.append("m._fp")
         joins = []
         for i, target in enumerate(spec.targets):
             v = f"m.{q('v_' + target.name)}" if target.name in st.targets else "NULL::text"
@@ -1009,11 +1241,15 @@ class Merger:
                 selects.append(f"coalesce({alias}.id{default}) AS {q(target.column)}")
                 joins.append(
                     f"LEFT JOIN {q(ref_spec.table)} {alias} ON {alias}.district_id = %(district)s "
-                    f"AND {alias}.source_system = %(source)s AND {alias}.source_id = {raw_ref}"
+                    f"AND {alias}.source_system = %(source)s AND {alias}.source_id = {raw_ref} "
+                    f"AND {alias}.source_id <> ''"
                 )
             else:
                 selects.append(f"{self._cast(target, v)} AS {q(target.column)}")
         cur.execute(f"DROP TABLE IF EXISTS {res}")
+        # "source_id <> ''" (true of every good record) lets the planner use the lineage
+        # index, which is partial: with records kept at staging, few are left to resolve, and
+        # a nested loop over the district index instead read the whole district per record.
         cur.execute(
             f"CREATE TEMP TABLE {res} ON COMMIT DROP AS SELECT {', '.join(selects)}, "
             f"t.id AS _hub_id, false AS _adopt, NULL::text AS _op, "
@@ -1021,7 +1257,7 @@ class Merger:
             f"FROM {st.table} m {' '.join(joins)} "
             f"LEFT JOIN {q(spec.table)} t ON t.district_id = %(district)s "
             f"AND t.source_system = %(source)s AND t.source_id = m._sid "
-            f"AND %(effective)s = false "
+            f"AND t.source_id <> '' AND %(effective)s = false "
             f"WHERE NOT m._bad",
             {**p, "effective": spec.effective_dated},
         )
@@ -1196,12 +1432,15 @@ class Merger:
             if st.parents and not spec.effective_dated:
                 ids |= self._dropped_items(cur, spec, st, active, p)
             return sorted(ids)
+        # With fingerprints, the table of every staged row (mapped or kept at staging as
+        # unchanged: both are in the source) says the same as the mapped table says alone.
+        present = st.fingerprints or st.table
         cur.execute(
             f"""
             SELECT t.id FROM {q(spec.table)} t
             WHERE t.district_id = %(district)s AND t.source_system = %(source)s
               AND t.source_id <> ''{active}
-              AND NOT EXISTS (SELECT 1 FROM {st.table} m
+              AND NOT EXISTS (SELECT 1 FROM {present} m
                               WHERE m._sid = t.source_id AND NOT m._deleted)
             """,
             p,
@@ -1233,6 +1472,85 @@ class Merger:
             )
             found |= {r[0] for r in cur.fetchall()}
         return found
+
+    def _recheck_kept(self, cur, spec, st: Staged, p) -> int:
+        """Of the records staging kept as unchanged, those whose hub row is still as the last
+        merge left it (same change version). A hub row edited or removed since staging (while
+        the run was held, or by a run in between) is not trusted: its fingerprint is dropped
+        so the next run maps the record; this run leaves the row alone (and does not remove
+        it: the source still has the record). Returns the rows still unchanged."""
+        if not st.kept:
+            return 0
+        table = q(spec.table)
+        # The hub's defaults changed since staging (this run merged a new school year): any
+        # kept record may map differently now.
+        moved = hub_defaults(spec, self.run.district_id) != st.defaults
+        # By the hub's primary key: a nested loop over the kept rows is safe here.
+        cur.execute(
+            f"""
+            WITH stale AS MATERIALIZED (
+                SELECT k._sid FROM {st.kept} k
+                WHERE %(moved)s OR NOT EXISTS (
+                    SELECT 1 FROM {table} t
+                    WHERE t.id = k._hub_id AND t.change_version = k._cv)
+            ), dropped AS (
+                DELETE FROM integrations_recordfingerprint f USING stale s
+                WHERE f.definition_id = %(definition)s AND f.entity = %(entity)s
+                  AND f.source_id = s._sid
+            )
+            SELECT count(*) FROM stale
+            """,
+            {**p, "moved": moved},
+        )
+        stale = cur.fetchone()[0]
+        if stale:
+            self.log(
+                f"{spec.name}: {stale} record(s) skipped as unchanged at staging were changed "
+                "in the hub before the merge"
+                + (" (the hub's defaults for empty fields changed)" if moved else "")
+                + "; left as they are by this run, and mapped again by the next"
+            )
+        return st.kept_rows - stale
+
+    def _store_fingerprints(self, cur, spec, res, removal_ids: list[int], p) -> None:
+        """Remember what this merge left for each record it inserted, updated or found
+        unchanged (its fingerprint, hub row and that row's change version now), in one
+        statement from the resolved table; forget the records it removed or that failed.
+        Inside the merge's transaction: a held or failed run stores nothing."""
+        with hash_joins(cur):
+            cur.execute(
+                f"""
+                INSERT INTO integrations_recordfingerprint
+                    (definition_id, entity, source_id, fingerprint, hub_id, hub_change_version)
+                SELECT %(definition)s, %(entity)s, r._sid, md5(%(defaults)s || r._fp::text)::uuid,
+                       t.id, t.change_version
+                FROM {res} r JOIN {q(spec.table)} t ON t.district_id = %(district)s
+                  AND t.source_system = %(source)s AND t.source_id = r._sid
+                  AND t.source_id <> ''
+                WHERE r._op IN ('insert', 'update', 'unchanged') AND r._fp IS NOT NULL
+                ON CONFLICT (definition_id, entity, source_id) DO UPDATE
+                SET fingerprint = EXCLUDED.fingerprint, hub_id = EXCLUDED.hub_id,
+                    hub_change_version = EXCLUDED.hub_change_version
+                WHERE (integrations_recordfingerprint.fingerprint,
+                       integrations_recordfingerprint.hub_id,
+                       integrations_recordfingerprint.hub_change_version)
+                      IS DISTINCT FROM
+                      (EXCLUDED.fingerprint, EXCLUDED.hub_id, EXCLUDED.hub_change_version)
+                """,
+                {**p, "defaults": hub_defaults(spec, self.run.district_id)},
+            )
+        cur.execute(
+            f"""
+            DELETE FROM integrations_recordfingerprint f
+            WHERE f.definition_id = %(definition)s AND f.entity = %(entity)s
+              AND (f.hub_id = ANY(%(removed)s)
+                   OR f.source_id IN (SELECT _sid FROM {res}
+                                      WHERE _op IN ('failed', 'delete', 'gone'))
+                   OR f.source_id IN (SELECT source_id FROM integrations_recorderror
+                                      WHERE run_id = %(run)s AND entity = %(entity)s))
+            """,
+            {**p, "removed": removal_ids},
+        )
 
     def _check_thresholds(self, spec, result: EntityResult, updates: int, removals: int) -> None:
         d = self.definition

@@ -606,6 +606,10 @@ def _read_and_stage(run, connector, stager, progress, log) -> list[pipeline.Stag
                 "rows": s.rows,
                 "key_changes": s.key_changes,
                 "targets": s.targets,
+                "kept": s.kept,
+                "fingerprints": s.fingerprints,
+                "defaults": s.defaults,
+                "kept_rows": s.kept_rows,
             }
             for s in staged
         ]

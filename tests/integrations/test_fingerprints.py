@@ -1,0 +1,335 @@
+"""Records unchanged since the last run are skipped before mapping (benchmark B2's re-run):
+per-definition fingerprints of each source record (integrations.models.RecordFingerprint,
+integrations.pipeline.Stager._keep_unchanged and Merger._store_fingerprints).
+
+Real OneRoster CSV zips through the whole pipeline into a real PostgreSQL, as in
+test_oneroster_csv_sync.py. A record is skipped ("kept") only while its text, the rows joined
+to it, the mapping and the hub row the last merge left are all unchanged: each test changes
+one of them and checks the hub ends as the source says.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from django.db import connection
+
+from bxos.common.services import model_update
+from bxos.schools.models import SectionEnrollment, Student
+from integrations import entities as ent
+from integrations import services
+from integrations.choices import RunStatus
+from integrations.models import RecordFingerprint, SyncRun
+from integrations.sample import build_roster, write_zip
+from tests.integrations.csv_sync import changed_roster, csv_definition, run_zip
+from tests.integrations.test_oneroster_csv_sync import ENTITIES
+
+SOURCE = "sis"
+#: The entities whose records can be kept (not effective-dated, not exploded from a list).
+FINGERPRINTED = [
+    "school",
+    "academic_session",
+    "staff",
+    "student",
+    "guardian",
+    "section",
+    "section_enrollment",
+]
+
+
+def make_definition(world, actor, **fields):
+    return csv_definition(world, actor, entities=ENTITIES, source=SOURCE, **fields)
+
+
+def versions(district) -> dict[str, dict[int, int]]:
+    """Every synced row's change version, per entity."""
+    out = {}
+    for entity in ENTITIES:
+        model = ent.spec(entity).model
+        rows = model.objects.filter(district=district, source_system=SOURCE)
+        out[entity] = dict(rows.values_list("id", "change_version"))
+    return out
+
+
+def fingerprints(definition) -> dict[tuple[str, str], tuple]:
+    rows = RecordFingerprint.objects.filter(definition=definition)
+    return {(f.entity, f.source_id): (f.fingerprint, f.hub_id, f.hub_change_version) for f in rows}
+
+
+def mapped(run: SyncRun, entity: str) -> int:
+    """How many of the run's records of ``entity`` were mapped (read, less those kept)."""
+    return run.diff[entity]["read"] - run.diff[entity]["kept"]
+
+
+def as_source_says(district) -> dict[str, list]:
+    """The synced rows by source id with the values the source decides (no ids or stamps)."""
+    students = Student.objects.filter(district=district, source_system=SOURCE)
+    enrollments = SectionEnrollment.objects.filter(district=district, source_system=SOURCE)
+    return {
+        "students": sorted(
+            students.values_list(
+                "source_id", "first_name", "last_name", "grade_level", "birth_date", "is_active"
+            )
+        ),
+        "section_enrollments": sorted(
+            enrollments.values_list(
+                "source_id", "section__source_id", "student__source_id", "begin_date"
+            )
+        ),
+    }
+
+
+def student(world, source_id: str) -> Student:
+    return Student.objects.get(district=world.district, source_system=SOURCE, source_id=source_id)
+
+
+def test_an_identical_rerun_keeps_every_record_and_touches_no_row(north, system, media, tmp_path):
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    assert first.status == RunStatus.SUCCEEDED, first.message
+    assert all(first.diff[e]["kept"] == 0 for e in ENTITIES)
+    stored = fingerprints(definition)
+    # Every record the merge left in place has a fingerprint naming its hub row as it is now.
+    assert len(stored) == sum(
+        first.diff[e]["created"] + first.diff[e]["updated"] for e in FINGERPRINTED
+    )
+    s0 = student(north, "s0")
+    assert stored[("student", "s0")][1:] == (s0.pk, s0.change_version)
+    before = versions(north.district)
+
+    again = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert again.status == RunStatus.SUCCEEDED, again.message
+    assert (again.created_count, again.updated_count, again.deleted_count) == (0, 0, 0)
+    # The run's counts are what they were without fingerprints: kept records are unchanged.
+    assert again.read_count == first.read_count
+    assert again.unchanged_count == first.created_count + first.updated_count
+    for entity in FINGERPRINTED:
+        diff = again.diff[entity]
+        assert diff["kept"] == diff["read"] == diff["unchanged"] > 0, entity
+        assert mapped(again, entity) == 0
+    for entity in set(ENTITIES) - set(FINGERPRINTED):
+        assert again.diff[entity]["kept"] == 0 and again.diff[entity]["unchanged"] > 0
+    enrollments = again.diff["section_enrollment"]["kept"]
+    assert f"section_enrollment: {enrollments} record(s) skipped as unchanged" in again.log
+    assert versions(north.district) == before
+    assert fingerprints(definition) == stored
+
+
+def test_a_rerun_with_a_few_changes_maps_and_updates_exactly_those(north, system, media, tmp_path):
+    definition = make_definition(north, system)
+    roster = build_roster(students=30)
+    run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    before = versions(north.district)
+    roster.find("users", "s3")["familyName"] = "Renamed"
+    changed = [e for e in roster.rows("enrollments") if e["role"] == "student"][:2]
+    for row in changed:
+        row["beginDate"] = "2026-09-01"
+
+    run = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    assert mapped(run, "student") == run.diff["student"]["updated"] == 1
+    assert mapped(run, "section_enrollment") == run.diff["section_enrollment"]["updated"] == 2
+    assert run.diff["section_enrollment"]["unchanged"] == run.diff["section_enrollment"]["kept"]
+    after = versions(north.district)
+    moved = {(e, pk) for e in FINGERPRINTED for pk in after[e] if after[e][pk] != before[e].get(pk)}
+    renamed = student(north, "s3")
+    assert renamed.last_name == "Renamed"
+    ids = set(
+        SectionEnrollment.objects.filter(
+            source_id__in=[r["sourcedId"] for r in changed]
+        ).values_list("id", flat=True)
+    )
+    assert all(
+        e.begin_date == date(2026, 9, 1) for e in SectionEnrollment.objects.filter(id__in=ids)
+    )
+    assert moved == {("student", renamed.pk)} | {("section_enrollment", pk) for pk in ids}
+    # The updated records' fingerprints name their new change versions: the next run keeps them.
+    stored = fingerprints(definition)
+    assert stored[("student", "s3")][1:] == (renamed.pk, renamed.change_version)
+    third = run_zip(definition, system, write_zip(tmp_path / "r3.zip", roster))
+    assert mapped(third, "student") == mapped(third, "section_enrollment") == 0
+
+
+def test_a_hub_side_edit_is_overwritten_though_the_source_row_is_byte_identical(
+    north, system, media, tmp_path
+):
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    zipped = write_zip(tmp_path / "r1.zip", roster)
+    run_zip(definition, system, zipped)
+    s2 = student(north, "s2")
+    source_name = s2.last_name
+    model_update(instance=s2, actor=north.users["district_admin"], data={"last_name": "Edited"})
+
+    run = run_zip(definition, system, zipped)
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    assert mapped(run, "student") == run.diff["student"]["updated"] == 1
+    s2.refresh_from_db()
+    assert s2.last_name == source_name
+    assert fingerprints(definition)[("student", "s2")][1:] == (s2.pk, s2.change_version)
+
+
+def test_a_change_only_in_a_joined_file_is_picked_up(north, system, media, tmp_path):
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    # users.csv is byte-identical; the student's birth date lives in demographics.csv.
+    roster.find("demographics", "s1")["birthDate"] = "2011-05-05"
+
+    run = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    assert mapped(run, "student") == run.diff["student"]["updated"] == 1
+    assert student(north, "s1").birth_date == date(2011, 5, 5)
+
+
+def test_a_new_mapping_version_maps_every_record_again(north, system, media, tmp_path):
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    zipped = write_zip(tmp_path / "r1.zip", roster)
+    run_zip(definition, system, zipped)
+    integration = definition.integration
+    rules, _version = services.current_rules(integration, "student")
+    for rule in rules:
+        if rule["target"] == "last_name":
+            rule["transforms"] = [*rule.get("transforms", []), {"op": "case", "to": "upper"}]
+    services.mapping_save(integration=integration, entity="student", rules=rules, actor=system)
+
+    run = run_zip(definition, system, zipped)
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    assert run.diff["student"]["kept"] == 0
+    assert run.diff["student"]["updated"] == run.diff["student"]["read"] == 12
+    assert all(s.last_name.isupper() for s in Student.objects.filter(source_system=SOURCE))
+    # The other entities' mappings did not change: their records are still kept.
+    assert mapped(run, "section_enrollment") == 0
+
+
+def test_a_removed_row_is_still_removed_and_a_failed_record_is_retried_until_fixed(
+    north, system, media, tmp_path
+):
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    roster.find("users", "s3")["grades"] = "13"  # not a grade level: s3 and its classes fail
+    first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    assert first.status == RunStatus.PARTIAL
+    stored = fingerprints(definition)
+    assert ("student", "s3") not in stored
+    assert not any(e == "section_enrollment" and s.endswith("_s3") for e, s in stored)
+
+    # Same file again, less one of s4's classes: s3 is retried (and fails again), the removed
+    # enrollment is removed although every other record is kept.
+    gone = next(e for e in roster.rows("enrollments") if e["userSourcedId"] == "s4")
+    roster.files["enrollments"].remove(gone)
+    second = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert second.status == RunStatus.PARTIAL
+    assert second.diff["section_enrollment"]["deleted"] == 1
+    assert not SectionEnrollment.objects.filter(source_id=gone["sourcedId"]).exists()
+    assert ("section_enrollment", gone["sourcedId"]) not in fingerprints(definition)
+    assert second.errors.filter(entity="student", source_id="s3").exists()
+    assert mapped(second, "student") == 1  # only s3
+    assert second.diff["section_enrollment"]["deleted"] == 1
+    # Nothing the source still has was removed.
+    assert second.diff["student"]["deleted"] == 0
+
+    roster.find("users", "s3")["grades"] = "12"
+    third = run_zip(definition, system, write_zip(tmp_path / "r3.zip", roster))
+    assert third.status == RunStatus.SUCCEEDED, list(third.errors.values_list("reason"))
+    assert student(north, "s3").grade_level == "12"
+    assert SectionEnrollment.objects.filter(student__source_id="s3").count() == 4
+    stored = fingerprints(definition)
+    assert ("student", "s3") in stored
+
+
+def test_rollback_then_the_same_zip_again_leaves_the_hub_as_the_source_says(
+    north, system, media, tmp_path
+):
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    changed = write_zip(tmp_path / "r2.zip", changed_roster(roster))
+    second = run_zip(definition, system, changed)
+    assert second.status == RunStatus.SUCCEEDED, second.message
+    says = as_source_says(north.district)
+    assert ("s2", "Changed") in {(s[0], s[1]) for s in says["students"]}
+
+    rolled = services.run_rollback(run=second, actor=system, enqueue=False)
+    assert rolled.status == RunStatus.ROLLED_BACK
+    assert as_source_says(north.district) != says
+
+    # The fingerprints the rolled-back run stored still say "Changed" and so on, but the hub
+    # rows they name were restored (new change versions) or deleted: nothing wrongly skips.
+    third = run_zip(definition, system, changed)
+    assert third.status == RunStatus.SUCCEEDED, third.message
+    assert as_source_says(north.district) == says
+    assert third.diff["student"]["updated"] >= 1 and third.diff["student"]["created"] == 1
+    assert third.diff["section_enrollment"]["deleted"] >= 4
+
+
+def held_run(world, actor, tmp_path):
+    """A first run of 40 students, then a file without half of them (held: too many
+    removals) in which s0 is renamed."""
+    definition = make_definition(world, actor, hold_min_rows=20)
+    roster = build_roster(students=40)
+    first = run_zip(definition, actor, write_zip(tmp_path / "r1.zip", roster))
+    assert first.status == RunStatus.SUCCEEDED, first.message
+    roster.files["users"] = [
+        u
+        for u in roster.rows("users")
+        if not (u["sourcedId"].startswith("s") and int(u["sourcedId"][1:]) % 2)
+    ]
+    roster.find("users", "s0")["familyName"] = "Renamed"
+    before = fingerprints(definition)
+    held = run_zip(definition, actor, write_zip(tmp_path / "r2.zip", roster))
+    assert held.status == RunStatus.HELD, held.message
+    return definition, roster, held, before
+
+
+def test_a_held_run_stores_no_fingerprints_and_approving_it_does(north, system, media, tmp_path):
+    definition, _roster, held, before = held_run(north, system, tmp_path)
+    assert fingerprints(definition) == before
+    # Its staging waits for the decision: the unchanged enrollments are in the kept table
+    # only, none in the mapped one.
+    staged = {s["entity"]: s for s in held.staging["entities"]}["section_enrollment"]
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {staged['table']}")
+        assert cur.fetchone()[0] == 0
+        cur.execute(f"SELECT count(*) FROM {staged['kept']}")
+        assert cur.fetchone()[0] == staged["kept_rows"] > 0
+    # A held preview counts kept records as unchanged, as it counted them before.
+    assert held.diff["section_enrollment"]["unchanged"] == staged["kept_rows"]
+
+    approved = services.run_approve(run=held, actor=system, enqueue=False)
+    assert approved.status == RunStatus.SUCCEEDED, approved.message
+    stored = fingerprints(definition)
+    s0 = student(north, "s0")
+    assert s0.last_name == "Renamed"
+    assert stored[("student", "s0")] != before[("student", "s0")]
+    assert stored[("student", "s0")][1:] == (s0.pk, s0.change_version)
+    # The removed (deactivated) students are forgotten.
+    assert ("student", "s1") in before and ("student", "s1") not in stored
+    assert not student(north, "s1").is_active
+
+
+def test_a_kept_row_edited_in_the_hub_before_the_merge_is_not_trusted(
+    north, system, media, tmp_path
+):
+    definition, roster, held, _before = held_run(north, system, tmp_path)
+    # s2's row is byte-identical, so staging kept it; then a person edits it while the run
+    # waits for approval.
+    s2 = student(north, "s2")
+    source_name = s2.last_name
+    model_update(instance=s2, actor=north.users["district_admin"], data={"last_name": "Edited"})
+
+    approved = services.run_approve(run=held, actor=system, enqueue=False)
+    assert approved.status == RunStatus.SUCCEEDED, approved.message
+    assert "1 record(s) skipped as unchanged at staging were changed in the hub" in (approved.log)
+    assert ("student", "s2") not in fingerprints(definition)
+    s2.refresh_from_db()
+    assert s2.last_name == "Edited" and s2.is_active  # left alone, not removed
+
+    # The next run maps it again and puts the source's value back.
+    run = run_zip(definition, system, write_zip(tmp_path / "r3.zip", roster))
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    assert mapped(run, "student") == run.diff["student"]["updated"] == 1
+    s2.refresh_from_db()
+    assert s2.last_name == source_name
