@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.integrations.peers.edfi import EdFiPeer
+
 
 @pytest.fixture
 def loopback(settings):
@@ -16,3 +18,11 @@ def media(settings, tmp_path):
     """Uploaded files (sync zips) under the test's own temporary folder."""
     settings.MEDIA_ROOT = str(tmp_path / "media")
     return tmp_path
+
+
+@pytest.fixture
+def peer():
+    """The Ed-Fi test server on 127.0.0.1, fed from its fixture data. Tests of the OneRoster
+    peer define their own ``peer``."""
+    with EdFiPeer() as server:
+        yield server

@@ -25,19 +25,13 @@ from integrations import push, services
 from integrations.choices import ConflictPolicy, Direction, ErrorStatus, RunStatus
 from integrations.models import ConflictStatus, RecordError, SyncConflict, SyncDefinition
 from tests.factories import descriptor
-from tests.integrations.peers.edfi import KNOWN_DESCRIPTORS, EdFiPeer
+from tests.integrations.peers.edfi import KNOWN_DESCRIPTORS
 
 pytestmark = pytest.mark.usefixtures("loopback")
 
 SOURCE = "edfi"
 SCHOOL = "255901001"  # Lincoln Elementary in the peer's fixture
 STUDENT = "604823"  # Chloe Nguyen, at Lincoln
-
-
-@pytest.fixture
-def peer():
-    with EdFiPeer() as server:
-        yield server
 
 
 def make_definition(world, actor, peer, policy=ConflictPolicy.SOURCE_WINS) -> SyncDefinition:

@@ -21,7 +21,6 @@ from bxos.common.services import model_delete
 from integrations import push
 from integrations.choices import ConflictPolicy
 from integrations.models import ConflictStatus, SyncConflict
-from tests.integrations.peers.edfi import EdFiPeer
 from tests.integrations.test_bidirectional import (
     at_peer,
     change_hub,
@@ -34,12 +33,6 @@ from tests.integrations.test_bidirectional import (
 )
 
 pytestmark = pytest.mark.usefixtures("loopback")
-
-
-@pytest.fixture
-def peer():
-    with EdFiPeer() as server:
-        yield server
 
 
 def url(name, *args):

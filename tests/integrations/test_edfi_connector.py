@@ -19,12 +19,6 @@ from tests.integrations.peers.edfi import YEAR, EdFiPeer
 pytestmark = pytest.mark.usefixtures("loopback")
 
 
-@pytest.fixture
-def peer():
-    with EdFiPeer() as server:
-        yield server
-
-
 def make(peer: EdFiPeer, **params: Any) -> tuple[EdFiConnector, list[str], list[float]]:
     logs: list[str] = []
     sleeps: list[float] = []

@@ -16,7 +16,7 @@ from bxos.schools.models import AcademicSession, Grade
 from integrations import services
 from integrations.choices import RunStatus, SyncMode
 from integrations.models import SyncDefinition
-from tests.integrations.peers.edfi import FALL, YEAR, EdFiPeer, d
+from tests.integrations.peers.edfi import FALL, YEAR, d
 
 pytestmark = pytest.mark.usefixtures("loopback")
 
@@ -32,12 +32,6 @@ ENTITIES = [
     "grade",
 ]
 LINCOLN, ROOSEVELT = 255901001, 255901107
-
-
-@pytest.fixture
-def peer():
-    with EdFiPeer() as server:
-        yield server
 
 
 def definition_for(world, actor, peer) -> SyncDefinition:

@@ -21,7 +21,7 @@ from bxos.common.services import model_update
 from bxos.schools.models import School
 from integrations.choices import RunStatus
 from integrations.models import RecordError
-from tests.integrations.peers.edfi import EdFiPeer, d
+from tests.integrations.peers.edfi import d
 from tests.integrations.test_bidirectional import (
     SCHOOL,
     SOURCE,
@@ -38,12 +38,6 @@ pytestmark = pytest.mark.usefixtures("loopback")
 INCIDENTS = "/ed-fi/disciplineIncidents"
 ACTIONS = "/ed-fi/disciplineActions"
 OTHER_SCHOOL = "255901107"  # Roosevelt High in the peer's fixture
-
-
-@pytest.fixture
-def peer():
-    with EdFiPeer() as server:
-        yield server
 
 
 def requests(peer, method: str, fragment: str, since: int = 0):

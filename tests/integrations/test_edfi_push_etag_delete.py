@@ -25,7 +25,7 @@ from bxos.common.services import model_delete
 from integrations.choices import ConflictPolicy, ErrorStatus, RunStatus
 from integrations.connectors.edfi import EdFiConnector
 from integrations.models import ConflictStatus, RecordError, SyncConflict, SyncDefinition
-from tests.integrations.peers.edfi import EdFiPeer, d
+from tests.integrations.peers.edfi import d
 from tests.integrations.test_bidirectional import (
     SCHOOL,
     STUDENT,
@@ -43,12 +43,6 @@ from tests.integrations.test_bidirectional import (
 pytestmark = pytest.mark.usefixtures("loopback")
 
 INCIDENTS = "/ed-fi/disciplineIncidents"
-
-
-@pytest.fixture
-def peer():
-    with EdFiPeer() as server:
-        yield server
 
 
 def writes(peer, method: str, fragment: str = INCIDENTS + "/"):
