@@ -108,7 +108,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, workers: int = 2) -> subprocess.Popen:
     env = {
         **os.environ,
         "BXOS_ROOT_URLCONF": "bench.urls",
@@ -124,7 +124,7 @@ def start_server(port: int) -> subprocess.Popen:
             "gunicorn",
             "bxos.wsgi",
             "--workers",
-            "2",
+            str(workers),
             "--bind",
             f"127.0.0.1:{port}",
             "--log-level",
@@ -183,10 +183,11 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
     args = parser.parse_args()
     token, cursor = setup(args.students)
     port = free_port()
-    server = start_server(port)
+    server = start_server(port, args.workers)
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {token}"}
     scenarios = [
@@ -205,7 +206,7 @@ def main() -> None:
         server.wait(timeout=20)
     print(
         f"\nB3: {args.students:,} students, pages of 100, {args.concurrency} concurrent "
-        f"clients, {args.seconds:.0f} s each, gunicorn 2 workers on 127.0.0.1"
+        f"clients, {args.seconds:.0f} s each, gunicorn {args.workers} workers on 127.0.0.1"
     )
     print(f"{'scenario':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for name, (rate, lat) in results.items():

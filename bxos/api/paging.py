@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -21,6 +22,7 @@ from bxos.api.errors import BadParameter
 from bxos.common.db import safe_change_version
 
 PAGING_PARAMS = {"limit", "after", "minChangeVersion", "maxChangeVersion"}
+_WINDOW_PARAMS = ("minChangeVersion", "maxChangeVersion")
 
 
 @dataclass
@@ -37,7 +39,7 @@ class Page:
 
 
 def _int(request, name: str) -> int | None:
-    raw = request.query_params.get(name)
+    raw = request.GET.get(name)
     if raw is None or raw == "":
         return None
     try:
@@ -66,8 +68,10 @@ def _decode_cursor(raw: str) -> dict:
 
 
 def parse_page(request, allowed_filters: set[str], *, windowed: bool = False) -> Page:
-    """The page a request asks for. ``windowed`` lists (deletes) always walk a change window."""
-    unknown = sorted(set(request.query_params) - PAGING_PARAMS - allowed_filters)
+    """The page a request asks for. ``windowed`` lists (deletes) always walk a change window.
+
+    ``request`` is a DRF request or a plain Django one (bxos.api.lean): both have ``GET``."""
+    unknown = sorted(set(request.GET) - PAGING_PARAMS - allowed_filters)
     if unknown:
         known = ", ".join(sorted(PAGING_PARAMS | allowed_filters))
         raise BadParameter(unknown[0], f"is not a parameter of this list; known: {known}")
@@ -75,7 +79,7 @@ def parse_page(request, allowed_filters: set[str], *, windowed: bool = False) ->
         limit=_int(request, "limit"),
         min_cv=_int(request, "minChangeVersion"),
         max_cv=_int(request, "maxChangeVersion"),
-        after=request.query_params.get("after"),
+        after=request.GET.get("after"),
         windowed=windowed,
     )
 
@@ -162,9 +166,22 @@ def page_meta(request, page: Page, last_key: tuple[int, ...] | None, has_more: b
     meta["next"] = cursor
     links = {"next": None}
     if cursor:
-        params = request.query_params.copy()
-        params["after"] = cursor
-        for name in ("minChangeVersion", "maxChangeVersion"):
-            params.pop(name, None)
-        links["next"] = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
+        links["next"] = request.build_absolute_uri(f"{request.path}?{_next_query(request, cursor)}")
     return {"meta": meta, "links": links}
+
+
+def _next_query(request, cursor: str) -> str:
+    """This page's query string with ``after`` set to ``cursor`` (in its place, or last) and
+    the window left out (the cursor carries it). What ``QueryDict.copy()`` and ``urlencode()``
+    give, without the deep copy: this runs on every page a vendor reads."""
+    pairs: list[tuple[str, str]] = []
+    carried = False
+    for name, values in request.GET.lists():
+        if name == "after":
+            pairs.append((name, cursor))
+            carried = True
+        elif name not in _WINDOW_PARAMS:
+            pairs.extend((name, value) for value in values)
+    if not carried:
+        pairs.append(("after", cursor))
+    return urlencode(pairs)

@@ -440,6 +440,13 @@ def check_rate(
     )
 
 
+def counted(request, state: RateLimitState) -> None:
+    """Remember on ``request`` (a plain Django one) that it was counted with this outcome, for
+    the DRF view it may be handed to (``RateLimitHeadersMixin``)."""
+    setattr(request, _STATE_ATTR, state)
+    setattr(request, _CHECKED_ATTR, True)
+
+
 def rate_limit_state(request: Request) -> RateLimitState | None:
     """The outcome of the rate check of ``request``; None when it was not checked."""
     return getattr(request, _STATE_ATTR, None)
@@ -501,6 +508,11 @@ class RateLimitHeadersMixin:
 
     def check_throttles(self, request: Request) -> None:
         if getattr(request, _CHECKED_ATTR, False):
+            # Counted already: by this view a moment ago, or by bxos.api.lean before it handed
+            # the request over. A refusal is answered here; nothing is counted twice.
+            state = rate_limit_state(request)
+            if state is not None and not state.allowed:
+                self.throttled(request, state.retry_after)
             return
         setattr(request, _CHECKED_ATTR, True)
         super().check_throttles(request)  # type: ignore[misc]

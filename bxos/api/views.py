@@ -100,6 +100,51 @@ def resource_filter(resource: Resource, queryset: QuerySet, params: Mapping[str,
     return queryset
 
 
+def page_statement(resource: Resource, client, params: Mapping[str, Any], page: Page):
+    """The compiled statement of a list page of ``resource`` for ``client`` and the page values
+    to run it with: a shape seen before is reused, else the ORM builds it through the gate
+    (bxos.api.pages)."""
+    fields = resource_fields(resource, client)
+    key = None
+    if client.acting_for is None and not any(name in params for name in resource.filters):
+        # Everything the compiled text depends on: the gate's inputs included.
+        key = (
+            resource.name,
+            tuple(fields.items()),
+            client.district_id,
+            tuple(client.allowed_school_ids()),
+            bool(set(client.scopes) & WRITE_SCOPES),
+            page_shape(page),
+        )
+        statement = cached_statement(key)
+        if statement is not None:
+            return statement, page_values(page)
+    queryset = apply_page(
+        resource_filter(resource, resource_queryset(resource, client), params), page
+    )
+    statement, reusable = compile_page(
+        queryset, fields=fields, student_path=resource.student, page=page, disclose=True
+    )
+    if not reusable:
+        return statement, []
+    if key is not None:
+        remember_statement(key, statement)
+    return statement, page_values(page)
+
+
+def list_body(resource: Resource, request, client, page: Page) -> dict:
+    """One list page of ``resource`` for ``client`` as the response body; its disclosure row
+    is written by the page's own statement. ``request``: a DRF or a plain Django request (the
+    DRF viewset and bxos.api.lean answer lists with this one function)."""
+    statement, values = page_statement(resource, client, request.GET, page)
+    # One round trip: the page, and its disclosure row written by the same statement.
+    rows, _ = statement.run(values, disclosure_values(client=client, request=request))
+    has_more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    last = last_key(rows[-1], page) if rows else None
+    return {"data": rows, **page_meta(request, page, last, has_more)}
+
+
 class ResourceViewSet(RateLimitHeadersMixin, viewsets.ViewSet):
     resource: Resource
 
@@ -117,49 +162,9 @@ class ResourceViewSet(RateLimitHeadersMixin, viewsets.ViewSet):
     def _rows(self, queryset, fields: dict[str, str]) -> tuple[list[dict], list[int]]:
         return resource_rows(self.resource, queryset, fields)
 
-    def _filtered(self, request, queryset):
-        return resource_filter(self.resource, queryset, request.query_params)
-
-    def _page_statement(self, request, page: Page, fields: dict[str, str]):
-        """The compiled statement of this page and the page values to run it with: a shape
-        seen before is reused, else the ORM builds it through the gate (bxos.api.pages)."""
-        client = request.user
-        key = None
-        if client.acting_for is None and not any(
-            name in request.query_params for name in self.resource.filters
-        ):
-            # Everything the compiled text depends on: the gate's inputs included.
-            key = (
-                self.resource.name,
-                tuple(fields.items()),
-                client.district_id,
-                tuple(client.allowed_school_ids()),
-                bool(set(client.scopes) & WRITE_SCOPES),
-                page_shape(page),
-            )
-            statement = cached_statement(key)
-            if statement is not None:
-                return statement, page_values(page)
-        queryset = apply_page(self._filtered(request, self._queryset(request)), page)
-        statement, reusable = compile_page(
-            queryset, fields=fields, student_path=self.resource.student, page=page, disclose=True
-        )
-        if not reusable:
-            return statement, []
-        if key is not None:
-            remember_statement(key, statement)
-        return statement, page_values(page)
-
     def list(self, request, *args, **kwargs):
         page = parse_page(request, set(self.resource.filters))
-        fields = self._fields(request)
-        statement, values = self._page_statement(request, page, fields)
-        # One round trip: the page, and its disclosure row written by the same statement.
-        rows, _ = statement.run(values, disclosure_values(client=request.user, request=request))
-        has_more = len(rows) > page.limit
-        rows = rows[: page.limit]
-        last = last_key(rows[-1], page) if rows else None
-        return Response({"data": rows, **page_meta(request, page, last, has_more)})
+        return Response(list_body(self.resource, request, request.user, page))
 
     def retrieve(self, request, pk=None, *args, **kwargs):
         pk = whole_number("id", pk)

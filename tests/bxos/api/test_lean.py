@@ -1,0 +1,158 @@
+"""The lean list path (bxos.api.lean): the same answer as the DRF viewset, byte for byte, and
+every other case handed to DRF without counting a request twice or disclosing anything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.db import connection
+from django.test import RequestFactory
+from django.urls import resolve
+
+from bxos.api import lean, pages, scopes, throttling
+from bxos.api.models import DisclosureLogEntry
+from bxos.api.resources import RESOURCES
+from bxos.common.services import model_update
+from tests.bxos.api.test_api_read import ALL_READ, api, make_client, token_for
+
+# Headers whose values differ from one request to the next whichever path answers.
+_VARYING = {"RateLimit-Remaining", "RateLimit-Reset", "X-Request-ID"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches(settings):
+    settings.API = {**settings.API, "LEAN_LISTS": True}
+    pages.clear_statements()
+    throttling.clear_rules_cache()
+    yield
+    pages.clear_statements()
+    throttling.clear_rules_cache()
+
+
+def _hits(client) -> int:
+    """Requests counted against the client's own per-minute counter, over all windows."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(count), 0) FROM api_rate_counter WHERE key = %s",
+            [f"{throttling.counter_subject(client.pk)}/60"],
+        )
+        return cursor.fetchone()[0]
+
+
+def _answer(settings, http, path, params, *, lean_on: bool):
+    settings.API = {**settings.API, "LEAN_LISTS": lean_on}
+    last = DisclosureLogEntry.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    response = http.get(path, params)
+    rows = list(
+        DisclosureLogEntry.objects.filter(id__gt=last)
+        .order_by("id")
+        .values_list("endpoint", "method", "query", "student_ids", "count")
+    )
+    headers = {k: v for k, v in response.headers.items() if k not in _VARYING}
+    return response.status_code, response.content, headers, rows
+
+
+@pytest.mark.parametrize("resource", [r.name for r in RESOURCES])
+def test_every_list_gives_the_drf_answer_byte_for_byte(resource, north, system, settings):
+    client, _ = make_client(north, system)
+    http = api(token_for(client))
+    path = f"/api/v1/{resource}"
+    walks = [{"limit": 1}, {"limit": 2, "minChangeVersion": 0}]
+    for params in walks:
+        while params is not None:
+            drf = _answer(settings, http, path, params, lean_on=False)
+            fast = _answer(settings, http, path, params, lean_on=True)
+            assert drf[0] == 200, drf[1]
+            assert fast == drf
+            nxt = json.loads(fast[1])["meta"]["next"]
+            params = {"after": nxt, "limit": params["limit"]} if nxt else None
+
+
+def test_filters_and_writable_lists_too(north, system, settings):
+    client, _ = make_client(north, system, scope_list=[*ALL_READ, scopes.BEHAVIOR_WRITE])
+    http = api(token_for(client))
+    for path, params in (
+        ("/api/v1/enrollments", {"schoolId": north.school_a.pk, "limit": 5}),
+        ("/api/v1/incidents", {"limit": 5}),  # Allow: GET, POST, HEAD, OPTIONS
+        ("/api/v1/behaviorSupportRequests", {"limit": 5}),
+    ):
+        drf = _answer(settings, http, path, params, lean_on=False)
+        assert drf[0] == 200, drf[1]
+        assert _answer(settings, http, path, params, lean_on=True) == drf
+
+
+def _request(token=None, *, query="", **extra):
+    factory = RequestFactory()
+    if token is not None:
+        extra["HTTP_AUTHORIZATION"] = f"Bearer {token.token}"
+    request = factory.generic(extra.pop("method", "GET"), f"/api/v1/students?{query}", **extra)
+    request.request_id = "test"
+    return request
+
+
+def _lean_answer(request):
+    view = resolve("/api/v1/students").func
+    students = next(r for r in RESOURCES if r.name == "students")
+    return lean._answer(request, students, lean._allow(view), "format")
+
+
+def test_a_plain_page_is_answered_by_the_lean_path(north, system):
+    client, _ = make_client(north, system)
+    token = token_for(client)
+    response = _lean_answer(_request(token, query="limit=2"))
+    assert response is not None and response.status_code == 200
+    assert response["Allow"] == "GET, HEAD, OPTIONS"
+    assert response["RateLimit-Limit"]
+    assert _hits(client) == 1
+    assert DisclosureLogEntry.objects.filter(client=client).count() == 1
+
+
+def test_everything_else_is_handed_over_before_counting_or_disclosing(north, system):
+    client, _ = make_client(north, system)
+    token = token_for(client)
+    acting = token_for(client)
+    acting.user = system  # a token acting for a person (authorization code)
+    acting.save(update_fields=["user"])
+    roster_less = token_for(client, scope_list=[scopes.BEHAVIOR])
+    cases = {
+        "no token": _request(),
+        "a token acting for a person": _request(acting),
+        "a token without the scope": _request(roster_less),
+        "a bad parameter": _request(token, query="limit=x"),
+        "an unknown parameter": _request(token, query="colour=blue"),
+        "the format parameter": _request(token, query="format=json"),
+        "another media type": _request(token, HTTP_ACCEPT="text/html"),
+        "an empty Accept header": _request(token, HTTP_ACCEPT=""),
+        "HEAD": _request(token, method="HEAD"),
+    }
+    for case, request in cases.items():
+        assert _lean_answer(request) is None, case
+    assert _hits(client) == 0
+    assert not DisclosureLogEntry.objects.filter(client=client).exists()
+
+
+def test_a_refused_or_bad_request_is_counted_once(north, system):
+    client, _ = make_client(north, system)
+    model_update(instance=client, actor=system, data={"rate_per_minute": 2})
+    http = api(token_for(client))
+    # A bad filter value is found after counting: the DRF view answers the 400 with the count
+    # the lean path made.
+    response = http.get("/api/v1/enrollments", {"schoolId": "x"})
+    assert response.status_code == 400 and response["RateLimit-Remaining"] == "1"
+    assert _hits(client) == 1
+    assert http.get("/api/v1/students").status_code == 200
+    assert _hits(client) == 2
+    refused = http.get("/api/v1/students")
+    assert refused.status_code == 429, refused.content
+    assert refused["Retry-After"] and refused["RateLimit-Remaining"] == "0"
+    assert refused["Content-Type"] == "application/problem+json"
+    assert _hits(client) == 3
+    assert DisclosureLogEntry.objects.filter(client=client).count() == 1
+
+
+def test_the_route_keeps_the_drf_view_for_schema_and_catalogue():
+    match = resolve("/api/v1/students")
+    assert match.func.cls.resource.name == "students"
+    assert match.func.actions["get"] == "list"
+    assert match.func.__wrapped__.cls is match.func.cls
