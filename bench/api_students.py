@@ -108,7 +108,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, workers: int = 2) -> subprocess.Popen:
+def production_workers() -> int:
+    """gunicorn's documented starting point, which the README gives for production: two sync
+    workers per core plus one, so that a worker waiting on PostgreSQL (the disclosure row's
+    durable commit) leaves the core to another."""
+    return 2 * (os.cpu_count() or 1) + 1
+
+
+def start_server(port: int, workers: int) -> subprocess.Popen:
     env = {
         **os.environ,
         "BXOS_ROOT_URLCONF": "bench.urls",
@@ -171,6 +178,55 @@ def load(url: str, headers: dict, seconds: float, concurrency: int) -> tuple[flo
     return len(latencies) / (time.monotonic() - started), latencies
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found = []
+    for task in tasks.iterdir() if tasks.exists() else ():
+        text = (task / "children").read_text().split()
+        found.extend(int(c) for c in text)
+    return found
+
+
+def _postgres_pids(database: str) -> list[int]:
+    """This benchmark's backends and the cluster's own helpers (WAL writer, checkpointer...),
+    not other databases' backends: another job's tests on the same cluster are not counted."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if not title.startswith("postgres"):
+            continue
+        parts = title.split()
+        is_backend = len(parts) >= 4 and parts[0] == "postgres:" and "[local]" in title
+        is_backend = is_backend or ("(" in title and "127.0.0.1" in title)
+        if not is_backend or database in parts:
+            pids.append(int(entry.name))
+    return pids
+
+
+def cpu_snapshot(server_pid: int, database: str) -> dict[str, float]:
+    """CPU seconds so far: the web server (master and workers), PostgreSQL, this process."""
+    server = sum(_cpu_seconds(pid) for pid in [server_pid, *_children(server_pid)])
+    postgres = sum(_cpu_seconds(pid) for pid in _postgres_pids(database))
+    own = os.times()
+    return {"server": server, "postgres": postgres, "clients": own.user + own.system}
+
+
 def p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 2 else values[0]
 
@@ -183,7 +239,12 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=production_workers(),
+        help="gunicorn sync workers (default: as in production, 2 per core + 1)",
+    )
     args = parser.parse_args()
     token, cursor = setup(args.students)
     port = free_port()
@@ -196,11 +257,16 @@ def main() -> None:
         ("API, last page", f"{base}/api/v1/students?limit=100&after={cursor}", auth),
         ("bare view, last page", f"{base}/bench/bare/students?page=last", {}),
     ]
-    results = {}
+    results, cpu = {}, {}
+    database = settings.DATABASES["default"]["NAME"]
     try:
         for name, url, headers in scenarios:
             load(url, headers, 2, args.concurrency)  # warm up
+            before = cpu_snapshot(server.pid, database)
             results[name] = load(url, headers, args.seconds, args.concurrency)
+            after = cpu_snapshot(server.pid, database)
+            n = len(results[name][1])
+            cpu[name] = {k: (after[k] - before[k]) / n * 1000 for k in after}
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -208,9 +274,16 @@ def main() -> None:
         f"\nB3: {args.students:,} students, pages of 100, {args.concurrency} concurrent "
         f"clients, {args.seconds:.0f} s each, gunicorn {args.workers} workers on 127.0.0.1"
     )
-    print(f"{'scenario':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    print(
+        f"{'scenario':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU ms/request: server':>25}{'postgres':>10}{'clients':>9}"
+    )
     for name, (rate, lat) in results.items():
-        print(f"{name:<24}{rate:>9.0f}{p(lat, 50):>9.1f}{p(lat, 99):>9.1f}")
+        c = cpu[name]
+        print(
+            f"{name:<24}{rate:>9.0f}{p(lat, 50):>9.1f}{p(lat, 99):>9.1f}"
+            f"{c['server']:>25.2f}{c['postgres']:>10.2f}{c['clients']:>9.2f}"
+        )
     api_rate = results["API, first page"][0]
     bare_rate = results["bare view, first page"][0]
     deep = p(results["API, last page"][1], 99) / p(results["API, first page"][1], 99)

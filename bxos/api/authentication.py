@@ -11,7 +11,9 @@ from oauthlib.common import Request as OauthlibRequest
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
+from bxos.api.choices import ACTIVE_STATUSES
 from bxos.api.models import ApiClient, FieldProfile
+from bxos.api.throttling import base_hits_cte, hits_from_rows
 from bxos.common import roles
 from bxos.common.db import prepared_cursor
 
@@ -48,6 +50,28 @@ def _sql() -> str:
 
 
 _TOKEN_SQL = None
+_COUNTING_SQL = None
+
+
+def _counting_sql() -> str:
+    """The token's lookup, counting the request in its client's own rate counters in the same
+    statement (one round trip fewer on every list page, bxos.api.lean). Counted only for a
+    live token of a client that is neither revoked nor inactive: the same tests as
+    ``authenticate`` but for the contract end date, the token's resource server and a staff
+    member's role, which are checked after (a request refused for those is counted)."""
+    active = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
+    live = f"ht.expires > now() AND hc.revoked_at IS NULL AND hc.status IN ({active})"
+    hits = base_hits_cte(token_checksum="%s", client_filter=live)
+    # The counts ride on the token's row: keys, counts and window starts as arrays.
+    extra = (
+        ", ARRAY(SELECT h.key FROM hits h ORDER BY h.key)"
+        ", ARRAY(SELECT h.count FROM hits h ORDER BY h.key)"
+        ", ARRAY(SELECT h.start FROM hits h ORDER BY h.key)"
+        ", extract(epoch FROM now())::float8"
+    )
+    select = _sql()
+    head, _, tail = select.partition(" FROM oauth2_provider_accesstoken t ")
+    return f"WITH {hits} {head}{extra} FROM oauth2_provider_accesstoken t {tail}"
 
 
 def _instance(model, values):
@@ -69,6 +93,31 @@ def _load_token(checksum: str):
     with prepared_cursor() as cursor:
         cursor.execute(_TOKEN_SQL, [checksum])
         row = cursor.fetchone()
+    return _token_and_client(row)
+
+
+def load_token_counting(checksum: str):
+    """``_load_token``, and the request counted in the client's own rate counters by the same
+    statement: (token, client, hits), hits as ``throttling.record_hits`` gives them (empty when
+    the token is not live, see ``_counting_sql``)."""
+    global _COUNTING_SQL
+    if _COUNTING_SQL is None:
+        _COUNTING_SQL = _counting_sql()
+    with prepared_cursor() as cursor:
+        cursor.execute(_COUNTING_SQL, [checksum, checksum])
+        row = cursor.fetchone()
+    if row is None:
+        return None, None, {}
+    *row, keys, counts, starts, now = row
+    token, client = _token_and_client(row)
+    return (
+        token,
+        client,
+        hits_from_rows((k, c, s, now) for k, c, s in zip(keys, counts, starts, strict=True)),
+    )
+
+
+def _token_and_client(row):
     if row is None:
         return None, None
     n_token, n_client, n_profile = (
@@ -105,6 +154,13 @@ class ClientTokenAuthentication(BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request):
+        found = self.authenticate_counting(request, count=False)
+        return found[:2] if found is not None else None
+
+    def authenticate_counting(self, request, *, count: bool):
+        """``authenticate``, and with ``count`` the request counted in the client's own rate
+        counters by the token's own statement: (client, token, hits), see
+        ``load_token_counting`` (a token refused here may have been counted)."""
         header = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer":
@@ -112,7 +168,11 @@ class ClientTokenAuthentication(BaseAuthentication):
         value = value.strip()
         if not value or " " in value:
             raise AuthenticationFailed("The Authorization header must be 'Bearer <token>'.")
-        token, client = _load_token(hashlib.sha256(value.encode()).hexdigest())
+        checksum = hashlib.sha256(value.encode()).hexdigest()
+        if count:
+            token, client, hits = load_token_counting(checksum)
+        else:
+            (token, client), hits = _load_token(checksum), {}
         if token is None or token.is_expired():
             raise AuthenticationFailed("The token is invalid or has expired.")
         if token.resource and not any(
@@ -129,7 +189,7 @@ class ClientTokenAuthentication(BaseAuthentication):
             if problem:
                 raise AuthenticationFailed(f"Access has stopped: {problem}.")
             client.acting_for = token.user
-        return client, token
+        return client, token, hits
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'

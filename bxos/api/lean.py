@@ -71,24 +71,25 @@ def _answer(request, resource: Resource, allow: str, format_param: str) -> HttpR
     if format_param and format_param in request.GET:
         return None
     try:
-        authenticated = _authentication.authenticate(request)
-        if authenticated is None:
-            return None
-        client, token = authenticated
-        if client.acting_for is not None or not holds_scope(client, token, resource.scope):
-            return None
-        page = parse_page(request, set(resource.filters))
+        # The token's statement counts the request in the client's own counters, too.
+        authenticated = _authentication.authenticate_counting(request, count=True)
     except APIException:
-        return None  # the DRF view gives the same error, with its headers
+        return None  # the DRF view refuses it the same way
+    if authenticated is None:
+        return None
+    client, token, hits = authenticated
     request.user, request.auth = client, token  # the monitoring middleware reads the client
-    state = check_rate(client, scope=resource.scope, group=resource.name, write=False)
-    counted(request, state)  # from here on, a hand-over is not counted again
+    state = check_rate(client, scope=resource.scope, group=resource.name, write=False, counted=hits)
+    counted(request, state)  # from here on, the DRF view does not count it again
     if not state.allowed:
         return None
+    if client.acting_for is not None or not holds_scope(client, token, resource.scope):
+        return None
     try:
+        page = parse_page(request, set(resource.filters))
         body = list_body(resource, request, client, page)
     except APIException:
-        return None  # a filter's bad value: raised before the page was read or disclosed
+        return None  # a bad parameter: raised before the page was read or disclosed
     response = HttpResponse(_renderer.render(body), content_type=_renderer.media_type)
     response["Allow"] = allow
     for name, value in state.headers().items():

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from bxos.common.audit import acting_as
 
+API_PREFIX = "/api/v"  # /api/v1/... (GraphQL at /api/graphql/ also serves signed-in staff)
+
 
 class AuditActorMiddleware:
+    """The signed-in user (a browser session) is the audit actor of the request.
+
+    Not for the versioned REST API: its callers authenticate with bearer tokens, never a
+    session, and its views name the API client as the actor. Reading ``request.user`` there
+    would load the session for nothing and mark every API response ``Vary: Cookie``.
+    """
+
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
+        if request.path_info.startswith(API_PREFIX):
+            return self.get_response(request)
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             with acting_as(user, remote_addr=request.META.get("REMOTE_ADDR")):

@@ -108,47 +108,93 @@ def test_a_plain_page_is_answered_by_the_lean_path(north, system):
     assert DisclosureLogEntry.objects.filter(client=client).count() == 1
 
 
-def test_everything_else_is_handed_over_before_counting_or_disclosing(north, system):
+def test_everything_else_is_handed_over_without_disclosing(north, system):
     client, _ = make_client(north, system)
     token = token_for(client)
-    acting = token_for(client)
-    acting.user = system  # a token acting for a person (authorization code)
-    acting.save(update_fields=["user"])
-    roster_less = token_for(client, scope_list=[scopes.BEHAVIOR])
-    cases = {
+    # Before the token is read: not counted here (the DRF view counts what it authenticates).
+    not_read = {
         "no token": _request(),
-        "a token acting for a person": _request(acting),
-        "a token without the scope": _request(roster_less),
-        "a bad parameter": _request(token, query="limit=x"),
-        "an unknown parameter": _request(token, query="colour=blue"),
         "the format parameter": _request(token, query="format=json"),
         "another media type": _request(token, HTTP_ACCEPT="text/html"),
         "an empty Accept header": _request(token, HTTP_ACCEPT=""),
         "HEAD": _request(token, method="HEAD"),
+        "a malformed Authorization header": _request(HTTP_AUTHORIZATION="Bearer a b"),
     }
-    for case, request in cases.items():
+    for case, request in not_read.items():
         assert _lean_answer(request) is None, case
     assert _hits(client) == 0
+    # After the token's statement counted the request: the count travels on the request.
+    acting = token_for(client)
+    acting.user = north.users["teacher"]  # a token acting for a person (authorization code)
+    acting.save(update_fields=["user"])
+    counted = {
+        "a token acting for a person": _request(acting),
+        "a token without the scope": _request(token_for(client, scope_list=[scopes.BEHAVIOR])),
+        "a bad parameter": _request(token, query="limit=x"),
+        "an unknown parameter": _request(token, query="colour=blue"),
+        "a bad filter value": _request(token, query="schoolId=x"),
+    }
+    for n, (case, request) in enumerate(counted.items(), start=1):
+        assert _lean_answer(request) is None, case
+        assert throttling.rate_limit_state(request) is not None, case
+        assert _hits(client) == n, case
     assert not DisclosureLogEntry.objects.filter(client=client).exists()
+
+
+def test_an_expired_token_is_not_counted(north, system):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    client, _ = make_client(north, system)
+    token = token_for(client)
+    token.expires = timezone.now() - timedelta(seconds=1)
+    token.save(update_fields=["expires"])
+    response = api(token).get("/api/v1/students")
+    assert response.status_code == 401 and "RateLimit-Limit" not in response
+    assert _hits(client) == 0
 
 
 def test_a_refused_or_bad_request_is_counted_once(north, system):
     client, _ = make_client(north, system)
-    model_update(instance=client, actor=system, data={"rate_per_minute": 2})
+    model_update(instance=client, actor=system, data={"rate_per_minute": 3})
     http = api(token_for(client))
-    # A bad filter value is found after counting: the DRF view answers the 400 with the count
-    # the lean path made.
+    # Found after counting, answered by the DRF view with the lean path's count.
     response = http.get("/api/v1/enrollments", {"schoolId": "x"})
-    assert response.status_code == 400 and response["RateLimit-Remaining"] == "1"
+    assert response.status_code == 400 and response["RateLimit-Remaining"] == "2"
     assert _hits(client) == 1
-    assert http.get("/api/v1/students").status_code == 200
+    roster_less = api(token_for(client, scope_list=[scopes.BEHAVIOR]))
+    response = roster_less.get("/api/v1/students")
+    assert response.status_code == 403 and response["RateLimit-Remaining"] == "1"
     assert _hits(client) == 2
+    assert http.get("/api/v1/students").status_code == 200
+    assert _hits(client) == 3
     refused = http.get("/api/v1/students")
     assert refused.status_code == 429, refused.content
     assert refused["Retry-After"] and refused["RateLimit-Remaining"] == "0"
     assert refused["Content-Type"] == "application/problem+json"
-    assert _hits(client) == 3
+    assert _hits(client) == 4
     assert DisclosureLogEntry.objects.filter(client=client).count() == 1
+
+
+def test_a_district_rule_for_a_resource_counts_in_its_own_counter(north, system):
+    from bxos.api.models import ThrottleRule
+
+    client, _ = make_client(north, system)
+    ThrottleRule.objects.create(
+        district=north.district,
+        name="Students slowly",
+        client=client,
+        endpoint_group="students",
+        rate_per_minute=1,
+        rate_per_hour=100,
+    )
+    http = api(token_for(client))
+    assert http.get("/api/v1/students").status_code == 200
+    refused = http.get("/api/v1/students")
+    assert refused.status_code == 429 and "students" in refused.json()["detail"]
+    assert http.get("/api/v1/schools").status_code == 200  # another group: its own counter
+    assert _hits(client) == 3
 
 
 def test_the_route_keeps_the_drf_view_for_schema_and_catalogue():
