@@ -202,3 +202,33 @@ def test_the_route_keeps_the_drf_view_for_schema_and_catalogue():
     assert match.func.cls.resource.name == "students"
     assert match.func.actions["get"] == "list"
     assert match.func.__wrapped__.cls is match.func.cls
+
+
+def test_a_change_to_the_client_takes_effect_on_the_next_page(north, system):
+    # The lean path reuses the instances built from a token's row while the row is the same
+    # (bxos.api.authentication._reused): every change below must still show at once.
+    from bxos.api.models import FieldProfile
+
+    profile = FieldProfile.objects.create(
+        district=north.district, name="names", fields={"students": ["firstName"]}
+    )
+    client, _ = make_client(north, system, profile=profile)
+    http = api(token_for(client))
+
+    def students():
+        response = http.get("/api/v1/students", {"limit": 1000})
+        assert response.status_code == 200, response.content
+        return response.json()["data"]
+
+    assert set(students()[0]) == {"id", "changeVersion", "firstName"}
+    assert set(students()[0]) == {"id", "changeVersion", "firstName"}  # reused
+    model_update(
+        instance=profile, actor=system, data={"fields": {"students": ["lastName", "gradeLevel"]}}
+    )
+    assert set(students()[0]) == {"id", "changeVersion", "lastName", "gradeLevel"}
+    everyone = {row["id"] for row in students()}
+    client.allowed_schools.set([north.school_a])
+    only_a = {row["id"] for row in students()}
+    assert only_a and only_a < everyone
+    model_update(instance=client, actor=system, data={"scopes": [scopes.BEHAVIOR]})
+    assert http.get("/api/v1/students").status_code == 403
