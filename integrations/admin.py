@@ -66,6 +66,7 @@ from integrations.models import (
     Integration,
     Mapping,
     MappingVersion,
+    PushedAction,
     RecordError,
     RunChange,
     SyncConflict,
@@ -1996,12 +1997,17 @@ class SyncConflictAdmin(_DecisionColumns, _ReadOnlyGated):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         conflict = self.get_object(request, unquote(object_id))
-        if request.method == "GET" and conflict is not None and conflict.entity == "incident":
+        incident_id = None
+        if conflict is not None and conflict.entity == "incident":
+            incident_id = conflict.object_id
+        elif conflict is not None and conflict.entity == PushedAction.CONFLICT_ENTITY:
+            incident_id = (conflict.hub or {}).get("incident_id")  # the action's incident
+        if request.method == "GET" and incident_id is not None:
             # The page shows a student's incident (its date, behavior, ids): log the access.
             from bxos.behavior.models import Incident
 
             incident = Incident.objects.filter(
-                pk=conflict.object_id, district_id=conflict.district_id
+                pk=incident_id, district_id=conflict.district_id
             ).first()
             if incident is not None:
                 access.record_view(actor=request.user, obj=incident, path=request.get_full_path())

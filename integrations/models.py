@@ -401,6 +401,89 @@ class RecordFingerprint(models.Model):
         return f"{self.entity} {self.source_id} -> #{self.hub_id}"
 
 
+class PushedAction(FieldConstraintErrors, models.Model):
+    """A discipline action a bidirectional push sent to the source for a hub incident.
+
+    Why a record: the source may hold actions under the same identifier that it owns itself
+    (another date, another student, entered by the district in the SIS), and the push must
+    never delete those. A removal in the hub is carried to the source only for the actions
+    recorded here, found by their natural key (``identifier``, ``student``, ``action_date``:
+    the Ed-Fi disciplineAction key). Written when a POST of an action succeeds, replaced when a
+    new date or student replaces the action, deleted when the action is deleted in the source
+    (or the source keeps it under the conflict policy: it is the source's then). See
+    integrations/push.py.
+
+    ``incident_id`` and ``hub_action_id`` are plain ids, not foreign keys: the record has to
+    outlive the hub rows until the delete has reached the source. A tombstone of
+    ``hub_action_id`` (the hub action last sent) is how the push finds an incident whose action
+    was removed (deleting an action does not change the incident's change version).
+    """
+
+    #: SyncConflict.entity of a removal that conflicts with a change in the source.
+    CONFLICT_ENTITY = "discipline_action"
+
+    district = models.ForeignKey("schools.District", on_delete=models.PROTECT, related_name="+")
+    integration = models.ForeignKey(
+        Integration, on_delete=models.CASCADE, related_name="pushed_actions"
+    )
+    run = models.ForeignKey(
+        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    incident_id = models.BigIntegerField(help_text="The hub incident the action was sent for.")
+    hub_action_id = models.BigIntegerField(help_text="The hub incident action last sent.")
+    incident_key = models.CharField(
+        max_length=255, help_text="The source id the incident was sent under."
+    )
+    identifier = models.CharField(max_length=36)
+    student = models.CharField(max_length=64, help_text="The student's id in the source.")
+    action_date = models.DateField()
+    resource_id = models.CharField(
+        max_length=64, blank=True, help_text="The source's resource id, when it said."
+    )
+    sent_at = models.DateTimeField()
+
+    gate = Gate()
+
+    class Meta:
+        ordering = ["integration", "incident_id", "action_date"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["integration", "identifier", "student", "action_date"],
+                name="pushed_action_natural_key_unique",
+                violation_error_message="This action is already recorded as sent.",
+            ),
+            models.CheckConstraint(
+                condition=~Q(identifier="") & ~Q(student="") & ~Q(incident_key=""),
+                name="pushed_action_keys_not_blank",
+                violation_error_message="A sent action needs its identifier, student and "
+                "incident key.",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["integration", "incident_id"], name="pushedaction_by_incident"),
+            models.Index(
+                fields=["integration", "hub_action_id"], name="pushedaction_by_hub_action"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source_id} (incident #{self.incident_id})"
+
+    @property
+    def source_id(self) -> str:
+        """The action's natural key as one string (as the Ed-Fi pull composes it)."""
+        return f"{self.identifier}|{self.action_date.isoformat()}|{self.student}"
+
+    @property
+    def key(self) -> dict[str, str]:
+        """The natural key in the vocabulary of push rows and PushResult.sent_action."""
+        return {
+            "identifier": self.identifier,
+            "student": self.student,
+            "date": self.action_date.isoformat(),
+        }
+
+
 class IdentityReview(FieldConstraintErrors, models.Model):
     """An incoming person who may be someone the hub already has: a person decides.
 

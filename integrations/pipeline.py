@@ -45,7 +45,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import psycopg
@@ -233,6 +233,21 @@ class Staged:
     fingerprints: str | None = None
     defaults: str | None = None  # hub_defaults() as staging saw them
     kept_rows: int = 0
+
+    def to_json(self) -> dict:
+        """Every field, for ``SyncRun.staging``: a held run is merged later from this, so it
+        is derived from the dataclass (a field listed by hand was once forgotten, and held runs
+        then merged without their ``parents`` table)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Staged:
+        """The inverse of :meth:`to_json`. JSON turns the key changes' pairs into lists; they
+        are made pairs again. Fields a run stored before they existed take their defaults."""
+        known = {f.name for f in fields(cls)}
+        item = {k: v for k, v in data.items() if k in known}
+        item["key_changes"] = [tuple(pair) for pair in item.get("key_changes") or ()]
+        return cls(**item)
 
 
 class Stager:

@@ -7,8 +7,9 @@ definition's ``push_cursor`` to the source through the connector's ``push("incid
 
 Which incidents: those of the run's district whose change version, or the change version of
 one of their actions, is above ``push_cursor`` and at or below a safe upper bound taken first
-(``safe_change_version``: a writer that has not committed yet cannot be skipped). An incident is
-pushable when its school and student both came from this integration's source system (their
+(``safe_change_version``: a writer that has not committed yet cannot be skipped); and those an
+action a push sent was deleted from within the same bounds (see "Actions" below). An incident
+is pushable when its school and student both came from this integration's source system (their
 ``source_id`` is what the source knows them by); others are skipped, counted and logged.
 
 What the source knows: an incident with lineage from this source (``source_id``
@@ -51,6 +52,29 @@ keeps it in the source (the hub does not resurrect it), manual review records a
 :class:`SyncConflict` whose hub side is ``{"deleted": true, ...}``. An incident the source no
 longer has needs nothing.
 
+Actions: the push sends an incident's first action as one source action per incident and
+student (identifier ``incident identifier[:36]``) and records each it sent
+(:class:`~integrations.models.PushedAction`: integration, hub incident and action ids, the
+action's natural key and resource id), because the identifier alone cannot tell an action it
+sent from one the source holds of its own under the same identifier, and the push must never
+delete the source's own. The record is written from what the connector reports
+(``PushResult.sent_action``, ``dropped_actions``) as soon as it answers. A send carries the
+record (``row["sent_actions"]``): an action moved to another day (or student) replaces only a
+recorded one. When the hub no longer has an action for an incident, the recorded ones are
+deleted in the source, each with ``If-Match`` on the version just read (gone already: nothing
+to do). Deleting an action changes no version of its incident, so the incident is selected by
+the action's tombstone, joined to the record by the hub action's id: every path that deletes
+an action (a service, an admin inline, a cascade) writes a tombstone from the same change
+version sequence, so the cursor and safe upper bound hold for it unchanged (a service that
+touched the incident would miss the paths that bypass it). A sent action the source changed
+after the baseline is a conflict between the hub's removal and the source's change, settled
+as an incident delete is: hub wins deletes it, source wins keeps it and forgets it (the source's
+own from then on, never removed by a later push), manual review records a
+:class:`SyncConflict` of entity ``PushedAction.CONFLICT_ENTITY`` keyed by the hub action's id,
+which holds that removal until decided. A refused delete is a ``RecordError`` (source id: the
+action's natural key) and stays above the cursor. An incident deleted in the hub takes its
+actions with it in the source (``delete_incident``), and its records go.
+
 The cursor: per-row failures (the source refusing a record) become ``RecordError`` rows and stay
 above the cursor, which advances only to just below the lowest failed change version, so they
 are retried next run. When the source cannot be reached at all, nothing moves: the run's
@@ -84,6 +108,7 @@ from integrations.connectors.base import Connector, ConnectorError, PushResult
 from integrations.models import (
     ConflictStatus,
     Integration,
+    PushedAction,
     RecordError,
     SyncConflict,
     SyncDefinition,
@@ -109,6 +134,7 @@ class PushStats:
     pushed_created: int = 0
     pushed_updated: int = 0
     pushed_deleted: int = 0
+    actions_deleted: int = 0  # discipline actions the push had sent, removed in the hub since
     conflicts: int = 0
     source_won: int = 0
     failed: int = 0
@@ -130,6 +156,7 @@ class PushStats:
             "pushed_created": self.pushed_created,
             "pushed_updated": self.pushed_updated,
             "pushed_deleted": self.pushed_deleted,
+            "actions_deleted": self.actions_deleted,
             "conflicts": self.conflicts,
             "source_won": self.source_won,
             "failed": self.failed,
@@ -142,6 +169,7 @@ class PushStats:
         return (
             f"push: {self.pushed_created} created, {self.pushed_updated} updated, "
             f"{self.pushed_deleted} deleted, "
+            f"{self.actions_deleted} discipline action(s) deleted, "
             f"{self.conflicts} conflicts ({self.source_won} taken from the source), "
             f"{self.failed} failed, {self.skipped} skipped, {self.unchanged} unchanged"
         )
@@ -233,6 +261,10 @@ class _Candidate:
     row: dict[str, Any]
     key: str
     known: bool  # the incident has lineage from this source
+    action_id: int | None = None  # the hub action the row carries (the incident's first)
+    # An action a push sent was deleted in the hub within this push's bounds (see
+    # _Push._removed_actions): the incident as pushed changed, whatever the clocks say.
+    action_removed: bool = False
 
 
 class _Push:
@@ -254,6 +286,12 @@ class _Push:
         self.log_failure = _Capped(log, "failures")
         #: hub incidents deleted here that the source did not have (any more)
         self.gone: list[int] = []
+        #: incidents whose sent action was deleted in the hub within this push's bounds:
+        #: incident id -> (the tombstone's change version, when it was deleted)
+        self.removed: dict[int, tuple[int, dt.datetime]] = {}
+        #: incidents of the current batch that have actions recorded as sent
+        self.with_records: set[int] = set()
+        self.log_action = _Capped(log, "discipline action removals")
 
     # -- selection
 
@@ -276,33 +314,43 @@ class _Push:
             .values_list("source_id")
             .annotate(last=Max("created_at"))
         )
-        conflicts = SyncConflict.objects.filter(definition=self.definition, entity=ENTITY)
-        self.open_conflicts = {c.object_id: c for c in conflicts.filter(status=ConflictStatus.OPEN)}
-        self.decided = dict(
-            conflicts.filter(decided_at__isnull=False)
-            .values_list("object_id")
-            .annotate(last=Max("decided_at"))
+        self.open_conflicts, self.decided = self._conflicts(ENTITY)
+        # Conflicts about a sent action removed in the hub are keyed by the hub action's id.
+        self.open_action_conflicts, self.decided_actions = self._conflicts(
+            PushedAction.CONFLICT_ENTITY
         )
-        candidates = (
+        self.removed = self._removed_actions(cursor, upper)
+        incidents = (
             Incident.objects.filter(district_id=self.run.district_id)
             .annotate(
                 action_version=Coalesce(Max("actions__change_version"), Value(0)),
                 action_changed=Max("actions__updated_at"),
             )
             .annotate(version=Greatest(F("change_version"), F("action_version")))
-            .filter(version__gt=cursor, version__lte=upper)
             .select_related("school", "student", "problem_behavior")
-            .order_by("version")
         )
+        candidates = incidents.filter(version__gt=cursor, version__lte=upper).order_by("version")
+        seen: set[int] = set()
         last = cursor
         while True:
             batch = list(candidates.filter(version__gt=last)[:BATCH])
             if not batch:
                 break
             last = batch[-1].version
-            actions = _first_actions(i.pk for i in batch)
-            for incident in batch:
-                self._one(incident, actions.get(incident.pk))
+            self._batch(batch)
+            seen.update(i.pk for i in batch)
+        # Incidents selected only because an action the push had sent was deleted in the hub
+        # (deleting an action changes no version of its incident; its tombstone is in the
+        # bounds). One whose own version is above the upper bound is the next run's.
+        rest = sorted(set(self.removed) - seen)
+        for start in range(0, len(rest), BATCH):
+            self._batch(
+                list(
+                    incidents.filter(
+                        pk__in=rest[start : start + BATCH], version__lte=cursor
+                    ).order_by("pk")
+                )
+            )
         self._push_deletes(cursor, upper)
         if self.gone:
             shown = ", ".join(f"#{i}" for i in self.gone[:20]) + (
@@ -317,7 +365,64 @@ class _Push:
             self.log(f"skipped {len(ids)} incident(s): {reason} ({shown})")
         self.log_conflict.close()
         self.log_failure.close()
+        self.log_action.close()
         self._commit(cursor, upper)
+
+    def _conflicts(self, entity: str) -> tuple[dict[int, SyncConflict], dict[int, dt.datetime]]:
+        """This definition's open conflicts about ``entity`` by hub id, and when each hub id's
+        conflicts were last decided."""
+        conflicts = SyncConflict.objects.filter(definition=self.definition, entity=entity)
+        open_ = {c.object_id: c for c in conflicts.filter(status=ConflictStatus.OPEN)}
+        decided = dict(
+            conflicts.filter(decided_at__isnull=False)
+            .values_list("object_id")
+            .annotate(last=Max("decided_at"))
+        )
+        return open_, decided
+
+    def _batch(self, batch: list[Incident]) -> None:
+        ids = [i.pk for i in batch]
+        actions = _first_actions(ids)
+        self.with_records = set(
+            PushedAction.objects.filter(
+                integration=self.integration, incident_id__in=ids
+            ).values_list("incident_id", flat=True)
+        )
+        for incident in batch:
+            self._one(incident, actions.get(incident.pk))
+
+    def _removed_actions(self, cursor: int, upper: int) -> dict[int, tuple[int, dt.datetime]]:
+        """Incidents an action the push sent was deleted from, in the hub, within the bounds:
+        incident id -> (the highest such tombstone's change version, when it was deleted).
+
+        Why tombstones: every way an action is deleted (a service, an admin inline, a cascade,
+        SQL) writes one, from the same change version sequence as the incidents' versions, so
+        the cursor and the safe upper bound hold for them as they do for incidents. The
+        tombstone does not say which incident the action was on; the record of sent actions
+        does (``PushedAction.hub_action_id``), and only a sent action needs anything done in
+        the source."""
+        sent = PushedAction.objects.filter(
+            integration=self.integration, district_id=self.run.district_id
+        )
+        by_action: dict[int, tuple[int, dt.datetime]] = {}
+        tombstones = Tombstone.objects.filter(
+            table_name=IncidentAction._meta.db_table,
+            change_version__gt=cursor,
+            change_version__lte=upper,
+            object_id__in=sent.values("hub_action_id"),
+        ).values_list("object_id", "change_version", "deleted_at")
+        for object_id, version, at in tombstones:
+            if object_id not in by_action or version > by_action[object_id][0]:
+                by_action[object_id] = (version, at)
+        removed: dict[int, tuple[int, dt.datetime]] = {}
+        pairs = sent.filter(hub_action_id__in=list(by_action)).values_list(
+            "incident_id", "hub_action_id"
+        )
+        for incident_id, action_id in pairs:
+            found = by_action[action_id]
+            if incident_id not in removed or found[0] > removed[incident_id][0]:
+                removed[incident_id] = found
+        return removed
 
     def _commit(self, cursor: int, upper: int) -> None:
         # Everything up to the upper bound was decided, except failed rows: they stay above.
@@ -343,6 +448,14 @@ class _Push:
             self.stats.sample("skipped", incident.pk, "", reason)
             return
         c = self._candidate(incident, action)
+        self._push_incident(c, action)
+        if action is None and incident.pk in self.with_records:
+            # The hub has no action for it any more: the ones pushes sent go. (With an action,
+            # sending it replaces a sent one whose key differs: see _send.)
+            self._remove_actions(c)
+
+    def _push_incident(self, c: _Candidate, action: IncidentAction | None) -> None:
+        incident = c.incident
         dismissed_at = self.dismissed.get(c.key)
         if dismissed_at and c.changed_at <= dismissed_at:
             self.skips["an admin dismissed its push error and it has not changed since"].append(
@@ -377,7 +490,7 @@ class _Push:
             return
         values = self.connector.incident_values(record)
         baseline = self._baseline(incident.pk)
-        hub_changed = baseline is None or c.changed_at > baseline
+        hub_changed = baseline is None or c.changed_at > baseline or c.action_removed
         modified = values.get("modified_at")
         source_changed = baseline is not None and modified is not None and modified > baseline
         conflict = self.open_conflicts.get(incident.pk)
@@ -439,6 +552,8 @@ class _Push:
             row=incident_row(incident, action, key=key),
             key=key,
             known=False,
+            action_id=c.action_id,
+            action_removed=c.action_removed,
         )
 
     def _unpushable(self, incident: Incident) -> str:
@@ -458,13 +573,22 @@ class _Push:
         changed_at = incident.updated_at
         if incident.action_changed and incident.action_changed > changed_at:
             changed_at = incident.action_changed
+        version = incident.version
+        removed = self.removed.get(incident.pk)
+        if removed is not None:
+            # Removing the action the source has is a change of the incident as pushed. (The
+            # tombstone's time is its transaction's start, so it is not what says it is new:
+            # its change version is, being above the cursor.)
+            version, changed_at = max(version, removed[0]), max(changed_at, removed[1])
         return _Candidate(
             incident=incident,
-            version=incident.version,
+            version=version,
             changed_at=changed_at,
             row=incident_row(incident, action, key=key if known else ""),
             key=key,
             known=known,
+            action_id=action.pk if action else None,
+            action_removed=removed is not None,
         )
 
     # -- deletes
@@ -517,6 +641,7 @@ class _Push:
         if record is None:
             self.gone.append(tomb.object_id)
             self.stats.unchanged += 1
+            self._forget_incident(tomb.object_id)
             return
         conflict = self.open_conflicts.get(tomb.object_id)
         if conflict is not None:
@@ -549,9 +674,11 @@ class _Push:
         if result.action == "deleted":
             self.stats.pushed_deleted += 1
             self.stats.sample("pushed_deleted", tomb.object_id, key)
+            self._forget_incident(tomb.object_id)  # its actions went with it
         elif result.action == "unchanged":
             self.gone.append(tomb.object_id)
             self.stats.unchanged += 1
+            self._forget_incident(tomb.object_id)
         elif result.action == "conflict" and not again:
             self.log(
                 f"incident #{tomb.object_id} ({key}) changed in the source while its delete "
@@ -561,6 +688,7 @@ class _Push:
             if fresh is None:
                 self.gone.append(tomb.object_id)
                 self.stats.unchanged += 1
+                self._forget_incident(tomb.object_id)
                 return
             self._delete_conflict(
                 tomb, key, fresh, self.connector.incident_values(fresh), again=True
@@ -604,6 +732,8 @@ class _Push:
             )
             self.stats.source_won += 1
             self.stats.sample("source_won", tomb.object_id, key, "kept in the source")
+            # Its actions stay with it, the source's from now on.
+            self._forget_incident(tomb.object_id)
         else:
             self.log_conflict(f"{where}; waiting for an admin's decision (manual review)")
             with write_as(self.actor):
@@ -621,6 +751,173 @@ class _Push:
             self.open_conflicts[tomb.object_id] = conflict
             self.stats.sample("conflict", tomb.object_id, key, "manual review (deleted in the hub)")
 
+    def _forget_incident(self, incident_id: int) -> None:
+        pushed_actions_forget(
+            records=PushedAction.objects.filter(
+                integration=self.integration, incident_id=incident_id
+            ),
+            actor=self.actor,
+        )
+
+    # -- sent actions removed in the hub
+
+    def _remove_actions(self, c: _Candidate) -> None:
+        """Delete in the source the actions pushes sent for ``c``'s incident (the record),
+        which the hub no longer has. Never an action absent from the record: the source may
+        hold actions of its own under the same identifier."""
+        if not hasattr(self.connector, "fetch_action"):
+            return
+        records = PushedAction.objects.filter(
+            integration=self.integration, incident_id=c.incident.pk
+        ).order_by("action_date", "pk")
+        for record in records:
+            self._remove_action(c, record)
+
+    def _remove_action(self, c: _Candidate, record: PushedAction) -> None:
+        removed_at = self._removed_at(c, record)
+        dismissed_at = self.dismissed.get(record.source_id)
+        if dismissed_at and removed_at <= dismissed_at:
+            self.skips["an admin dismissed the error of removing its discipline action"].append(
+                c.incident.pk
+            )
+            self.stats.skipped += 1
+            self.stats.sample("skipped", c.incident.pk, record.source_id, "push error dismissed")
+            return
+        item = self.connector.fetch_action(record.key)
+        if item is None:
+            self.log_action(
+                f"incident #{c.incident.pk}: its discipline action {record.source_id} is not in "
+                "the source (any more): nothing to delete"
+            )
+            pushed_actions_forget(records=[record], actor=self.actor)
+            return
+        conflict = self.open_action_conflicts.get(record.hub_action_id)
+        if conflict is not None:
+            self.stats.conflicts += 1
+            self.log_conflict(
+                f"incident #{c.incident.pk}: the removal of its discipline action "
+                f"{record.source_id} waits for a decision (conflict #{conflict.pk}); not deleted"
+            )
+            conflict.source, conflict.run = _jsonable(item), self.run
+            model_save(instance=conflict, actor=self.actor, fields=["source", "run"], emit=False)
+            self.stats.sample("conflict", c.incident.pk, record.source_id, f"#{conflict.pk} open")
+            return
+        modified = self.connector.incident_values(item).get("modified_at")
+        baseline = self._action_baseline(record)
+        if baseline is not None and modified is not None and modified > baseline:
+            self._action_conflict(c, record, item, removed_at)
+        else:
+            self._delete_action(c, record, item)
+
+    def _removed_at(self, c: _Candidate, record: PushedAction) -> dt.datetime:
+        """When the hub removed the sent action: its tombstone's time (the incident's last
+        change when there is none, e.g. the action was moved to another incident)."""
+        removed = self.removed.get(c.incident.pk)
+        if removed is not None:
+            return removed[1]
+        tomb = (
+            Tombstone.objects.filter(
+                table_name=IncidentAction._meta.db_table, object_id=record.hub_action_id
+            )
+            .order_by("-change_version")
+            .first()
+        )
+        return tomb.deleted_at if tomb is not None else c.changed_at
+
+    def _action_baseline(self, record: PushedAction) -> dt.datetime | None:
+        """As :meth:`_baseline`, with the decisions on conflicts about this action."""
+        decided = self.decided_actions.get(record.hub_action_id)
+        if self.push_at is None:
+            return decided
+        return max(self.push_at, decided) if decided else self.push_at
+
+    def _delete_action(
+        self, c: _Candidate, record: PushedAction, item: dict[str, Any], *, again: bool = False
+    ) -> None:
+        result = self.connector.delete_action(str(item["id"]), etag=item.get("_etag"))
+        if result.action in ("deleted", "unchanged"):
+            pushed_actions_forget(records=[record], actor=self.actor)
+            if result.action == "deleted":
+                self.stats.actions_deleted += 1
+                self.stats.sample("actions_deleted", c.incident.pk, record.source_id)
+                self.log_action(
+                    f"incident #{c.incident.pk}: its discipline action {record.source_id}, "
+                    "removed in the hub, was deleted in the source"
+                )
+            return
+        if result.action == "conflict" and not again:
+            self.log(
+                f"incident #{c.incident.pk}: its discipline action {record.source_id} changed in "
+                "the source while its delete was being sent; nothing was deleted, deciding again "
+                "on the source's new version"
+            )
+            fresh = self.connector.fetch_action(record.key)
+            if fresh is None:
+                pushed_actions_forget(records=[record], actor=self.actor)
+                return
+            self._action_conflict(c, record, fresh, self._removed_at(c, record), again=True)
+            return
+        message = f"its discipline action {record.source_id} could not be deleted: "
+        if result.action == "conflict":
+            message += "the source changed it again while it was being deleted: "
+        message += result.message
+        self._record_failure(
+            c.incident.pk,
+            record.source_id,
+            c.version,
+            message,
+            field_name=problem_field(result.message) or "disciplineAction",
+        )
+
+    def _action_conflict(
+        self,
+        c: _Candidate,
+        record: PushedAction,
+        item: dict[str, Any],
+        removed_at: dt.datetime,
+        *,
+        again: bool = False,
+    ) -> None:
+        """The hub removed a sent action the source changed after the last push: settled as
+        a delete of an incident the source changed is (see _delete_conflict)."""
+        self.stats.conflicts += 1
+        policy = self.definition.conflict_policy
+        modified = self.connector.incident_values(item).get("modified_at")
+        winner = self._winner(removed_at, modified)
+        where = (
+            f"incident #{c.incident.pk}: its discipline action {record.source_id} was removed in "
+            "the hub and changed in the source"
+        )
+        if winner == "hub":
+            self.log_conflict(f"{where}; {policy_label(policy)}: it is deleted in the source")
+            self._delete_action(c, record, item, again=again)
+        elif winner == "source":
+            self.log_conflict(
+                f"{where}; {policy_label(policy)}: it stays in the source, whose action it is "
+                "from now on (pushes no longer remove it)"
+            )
+            pushed_actions_forget(records=[record], actor=self.actor)
+            self.stats.source_won += 1
+            self.stats.sample("source_won", c.incident.pk, record.source_id, "action kept")
+        else:
+            self.log_conflict(f"{where}; waiting for an admin's decision (manual review)")
+            with write_as(self.actor):
+                conflict = SyncConflict(
+                    district_id=self.run.district_id,
+                    definition=self.definition,
+                    run=self.run,
+                    entity=PushedAction.CONFLICT_ENTITY,
+                    object_id=record.hub_action_id,
+                    source_id=record.source_id,
+                    hub=removed_action_row(record, removed_at),
+                    source=_jsonable(item),
+                )
+                model_save(instance=conflict, actor=self.actor, emit=False)
+            self.open_action_conflicts[record.hub_action_id] = conflict
+            self.stats.sample(
+                "conflict", c.incident.pk, record.source_id, "manual review (action removed)"
+            )
+
     # -- outcomes
 
     def _send(
@@ -634,8 +931,21 @@ class _Push:
         """Send the hub's row. With the source's ``record`` as read, the write is an update
         of that version only (its ETag goes along as ``If-Match``): when the source changed
         the record since, nothing is written and the record is decided again on its new
-        version (once; a second refusal in the same run is a failure retried next run)."""
-        [result] = self.connector.push(ENTITY, [sending_row(c.row, record)])
+        version (once; a second refusal in the same run is a failure retried next run).
+
+        The row carries the actions pushes sent for the incident (the record): the connector
+        replaces those whose key differs from the action sent now, and only those. What it
+        sent and dropped is recorded whatever the outcome."""
+        row = with_sent_actions(sending_row(c.row, record), self.integration, c.incident.pk)
+        [result] = self.connector.push(ENTITY, [row])
+        pushed_action_record(
+            integration=self.integration,
+            incident=c.incident,
+            hub_action_id=c.action_id,
+            result=result,
+            run=self.run,
+            actor=self.actor,
+        )
         if result.action == "conflict":
             if again:
                 self._failed(
@@ -786,6 +1096,18 @@ def deleted_row(key: str, tomb: Tombstone) -> dict[str, Any]:
     return {"deleted": True, "source_id": key, "deleted_at": tomb.deleted_at.isoformat()}
 
 
+def removed_action_row(record: PushedAction, removed_at: dt.datetime) -> dict[str, Any]:
+    """The hub's side of a conflict about a sent action the hub removed."""
+    return {
+        "deleted": True,
+        "source_id": record.source_id,
+        "deleted_at": removed_at.isoformat(),
+        "incident_id": record.incident_id,
+        "incident_key": record.incident_key,
+        "action": record.key,
+    }
+
+
 def sending_row(row: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
     """The push row with the version of the source's record it replaces: the connector sends
     an update only if the source still has that version (``If-Match`` with its ETag)."""
@@ -808,6 +1130,72 @@ def incident_row(incident: Incident, action: IncidentAction | None, *, key: str)
         "action_code": action.action.code if action else "",
         "action_date": (action.start_date.isoformat() if action and action.start_date else None),
         "duration_days": float(action.duration_days) if action else None,
+    }
+
+
+# --- The record of sent actions -----------------------------------------------------------------
+
+
+def with_sent_actions(row: dict[str, Any], integration: Integration, incident_id: int) -> dict:
+    """The push row with the natural keys of the actions pushes sent for the incident: the
+    connector replaces only those (never an action the source holds of its own)."""
+    sent = PushedAction.objects.filter(integration=integration, incident_id=incident_id)
+    return {**row, "sent_actions": [record.key for record in sent.order_by("pk")]}
+
+
+def pushed_action_record(
+    *,
+    integration: Integration,
+    incident: Incident,
+    hub_action_id: int | None,
+    result: PushResult,
+    run: SyncRun | None,
+    actor,
+) -> None:
+    """Record what a push of ``incident`` did to its discipline actions in the source: the
+    actions it dropped are forgotten, the one it sent (POSTed, so created or upserted) is
+    recorded, or updated when the source had it already. Written as soon as the source
+    answered, whatever the incident's outcome, so the record never claims less than the
+    source holds from pushes (a forgotten action could never be removed)."""
+    if not result.dropped_actions and not result.sent_action:
+        return
+    with write_as(actor):
+        for key in result.dropped_actions:
+            pushed_actions_forget(
+                records=PushedAction.objects.filter(integration=integration, **_natural(key)),
+                actor=actor,
+            )
+        sent = result.sent_action
+        if not sent or hub_action_id is None:
+            return
+        natural = _natural(sent)
+        record = PushedAction.objects.filter(integration=integration, **natural).first()
+        if record is None:
+            record = PushedAction(
+                district_id=integration.district_id, integration=integration, **natural
+            )
+        record.incident_id = incident.pk
+        record.hub_action_id = hub_action_id
+        record.incident_key = result.source_id
+        record.run = run
+        record.sent_at = timezone.now()
+        if sent.get("resource_id"):
+            record.resource_id = str(sent["resource_id"])
+        model_save(instance=record, actor=actor, emit=False)
+
+
+def pushed_actions_forget(*, records: Iterable[PushedAction], actor) -> None:
+    """Drop records of sent actions: the source no longer has them, or keeps them as its own."""
+    with write_as(actor):
+        for record in list(records):
+            record.delete()
+
+
+def _natural(key: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "identifier": str(key["identifier"]),
+        "student": str(key["student"]),
+        "action_date": dt.date.fromisoformat(str(key["date"])),
     }
 
 
@@ -900,12 +1288,19 @@ def conflict_resolve(
     A conflict about an incident the hub deleted (``hub["deleted"]``): keeping the hub's side
     deletes the record in the source (with its actions); keeping the source's leaves it there
     (the hub does not bring the deleted incident back; a pull of incidents does).
+
+    A conflict about a discipline action a push sent, which the hub removed and the source
+    changed (entity ``PushedAction.CONFLICT_ENTITY``): keeping the hub's side deletes it in the
+    source (``If-Match``); keeping the source's leaves it there as the source's own (pushes no
+    longer remove it).
     """
     if keep not in ("hub", "source"):
         raise ValidationError({"keep": f"keep must be 'hub' or 'source', not {keep!r}"})
     conflict = SyncConflict.objects.select_related("definition__integration").get(pk=conflict.pk)
     if conflict.status != ConflictStatus.OPEN:
         raise ValidationError(f"This conflict is already {conflict.get_status_display().lower()}.")
+    if conflict.entity == PushedAction.CONFLICT_ENTITY:
+        return _resolve_action(conflict, keep, actor)
     if conflict.entity != ENTITY:
         raise ValidationError(f"Conflicts of {conflict.entity} cannot be resolved here.")
     integration = conflict.definition.integration
@@ -923,6 +1318,13 @@ def conflict_resolve(
             )
     if deleted and keep == "source":
         # Nothing to write on either side: the source keeps its record, the hub its delete.
+        # Its actions stay with it, the source's from now on.
+        pushed_actions_forget(
+            records=PushedAction.objects.filter(
+                integration=integration, incident_id=conflict.object_id
+            ),
+            actor=actor,
+        )
         return _decide(conflict, ConflictStatus.RESOLVED_SOURCE, actor)
     connector = services.connector_for(integration)
     try:
@@ -934,13 +1336,27 @@ def conflict_resolve(
                         f"{integration.name} refused to delete {conflict.source_id}: "
                         f"{result.message}"
                     )
+                pushed_actions_forget(
+                    records=PushedAction.objects.filter(
+                        integration=integration, incident_id=conflict.object_id
+                    ),
+                    actor=actor,
+                )
                 status = ConflictStatus.RESOLVED_HUB
             elif keep == "hub":
                 record = connector.fetch_incident(conflict.source_id)
-                row = incident_row(
-                    incident, _first_actions([incident.pk]).get(incident.pk), key=conflict.source_id
+                action = _first_actions([incident.pk]).get(incident.pk)
+                row = incident_row(incident, action, key=conflict.source_id)
+                row = with_sent_actions(sending_row(row, record), integration, incident.pk)
+                [result] = connector.push(ENTITY, [row])
+                pushed_action_record(
+                    integration=integration,
+                    incident=incident,
+                    hub_action_id=action.pk if action else None,
+                    result=result,
+                    run=None,
+                    actor=actor,
                 )
-                [result] = connector.push(ENTITY, [sending_row(row, record)])
                 if result.action == "conflict":
                     fresh = connector.fetch_incident(conflict.source_id)
                     if fresh is not None:
@@ -970,6 +1386,57 @@ def conflict_resolve(
         services.connector_state_save(integration, connector)
         connector.close()
     return _decide(conflict, status, actor)
+
+
+def _resolve_action(conflict: SyncConflict, keep: str, actor) -> SyncConflict:
+    """``conflict_resolve`` of a removed sent action (see there)."""
+    integration = conflict.definition.integration
+    record = next(
+        (
+            r
+            for r in PushedAction.objects.filter(
+                integration=integration, hub_action_id=conflict.object_id
+            )
+            if r.source_id == conflict.source_id
+        ),
+        None,
+    )
+    if keep == "source":
+        if record is not None:
+            pushed_actions_forget(records=[record], actor=actor)
+        return _decide(conflict, ConflictStatus.RESOLVED_SOURCE, actor)
+    if record is None:
+        raise ValidationError(
+            f"No push is recorded as having sent {conflict.source_id} any more, so it is not "
+            "deleted; dismiss this conflict."
+        )
+    connector = services.connector_for(integration)
+    try:
+        with acting_as(actor):
+            item = connector.fetch_action(record.key)
+            if item is not None:
+                result = connector.delete_action(str(item["id"]), etag=item.get("_etag"))
+                if result.action == "conflict":
+                    fresh = connector.fetch_action(record.key)
+                    if fresh is not None:
+                        conflict.source = _jsonable(fresh)
+                        model_save(instance=conflict, actor=actor, fields=["source"], emit=False)
+                    raise ValidationError(
+                        f"{integration.name} changed {conflict.source_id} again just now, so it "
+                        "was not deleted; its new version is shown: decide again."
+                    )
+                if result.action == "failed":
+                    raise ValidationError(
+                        f"{integration.name} refused to delete {conflict.source_id}: "
+                        f"{result.message}"
+                    )
+            pushed_actions_forget(records=[record], actor=actor)
+    except ConnectorError as exc:
+        raise ValidationError(f"{integration.name} could not be reached: {exc}") from exc
+    finally:
+        services.connector_state_save(integration, connector)
+        connector.close()
+    return _decide(conflict, ConflictStatus.RESOLVED_HUB, actor)
 
 
 def conflict_dismiss(*, conflict: SyncConflict, actor) -> SyncConflict:

@@ -27,6 +27,7 @@ from integrations.models import (
     Integration,
     Mapping,
     MappingVersion,
+    PushedAction,
     RecordError,
     SyncConflict,
     SyncDefinition,
@@ -364,13 +365,26 @@ def conflict_rows(conflict: SyncConflict) -> list[ConflictRow]:
     """The hub's and the source's values of a conflict side by side, differences marked.
 
     A conflict about a record the hub deleted (``hub["deleted"]``) compares existence: the
-    hub no longer has it, the source still does (and changed it since the last push).
+    hub no longer has it, the source still does (and changed it since the last push). One
+    about a discipline action a push sent and the hub removed names the action instead of the
+    incident's fields.
     """
     hub = conflict.hub or {}
     source = conflict_source_values(conflict)
     modified = source.get("modified_at")
     rows: list[ConflictRow] = []
-    if hub.get("deleted"):
+    if conflict.entity == PushedAction.CONFLICT_ENTITY:
+        rows.append(
+            ConflictRow(
+                name="exists",
+                label="Discipline action",
+                hub=f"Removed in the hub ({_when_text(hub.get('deleted_at'))}), incident "
+                f"#{hub.get('incident_id', '')}",
+                source=f"Still in the source ({conflict.source_id}), changed since the last push",
+                differs=True,
+            )
+        )
+    elif hub.get("deleted"):
         rows.append(
             ConflictRow(
                 name="exists",

@@ -596,24 +596,7 @@ def _read_and_stage(run, connector, stager, progress, log) -> list[pipeline.Stag
         staged.append(item)
         progress.update(total=run.total + item.rows, processed=run.processed + item.rows)
     run.mapping_versions = versions
-    run.staging = {
-        "entities": [
-            {
-                "entity": s.entity,
-                "raw": s.raw,
-                "table": s.table,
-                "complete": s.complete,
-                "rows": s.rows,
-                "key_changes": s.key_changes,
-                "targets": s.targets,
-                "kept": s.kept,
-                "fingerprints": s.fingerprints,
-                "defaults": s.defaults,
-                "kept_rows": s.kept_rows,
-            }
-            for s in staged
-        ]
-    }
+    run.staging = {"entities": [s.to_json() for s in staged]}
     # The merge counts again from zero for its own share of the bar.
     run.total = run.total * 2
     SyncRun.objects.filter(pk=run.pk).update(
@@ -623,7 +606,7 @@ def _read_and_stage(run, connector, stager, progress, log) -> list[pipeline.Stag
 
 
 def _staged_from(run: SyncRun) -> list[pipeline.Staged]:
-    return [pipeline.Staged(**item) for item in run.staging.get("entities", [])]
+    return [pipeline.Staged.from_json(item) for item in run.staging.get("entities", [])]
 
 
 def _merge(

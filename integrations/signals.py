@@ -7,6 +7,7 @@ from integrations.models import (
     Integration,
     Mapping,
     MappingVersion,
+    PushedAction,
     SyncConflict,
     SyncDefinition,
 )
@@ -19,3 +20,4 @@ register_audit(MappingVersion)
 register_audit(SyncDefinition, exclude=("inbound_secret",))
 register_audit(IdentityReview)
 register_audit(SyncConflict)
+register_audit(PushedAction)

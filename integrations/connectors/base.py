@@ -173,11 +173,20 @@ class PushResult:
     changed, and the engine settles it under the sync's conflict policy. ``deleted``: a delete
     the hub made was carried out in the source; ``unchanged`` for a delete: the source did not
     have the record (any more).
+
+    For the engine's record of what a push sent (``integrations.models.PushedAction``):
+    ``sent_action`` is the dependent action the push wrote with the record (its natural key
+    ``identifier``, ``student``, ``date``, and ``resource_id`` when the source said), and
+    ``dropped_actions`` the natural keys of the actions it deleted because the new one replaces
+    them. Both are filled on every outcome, a failed one included, so the record never claims
+    less or more than the source holds.
     """
 
     source_id: str
     action: Literal["created", "updated", "deleted", "unchanged", "skipped", "failed", "conflict"]
     message: str = ""
+    sent_action: dict[str, str] | None = None
+    dropped_actions: list[dict[str, str]] = field(default_factory=list)
 
 
 class Connector:

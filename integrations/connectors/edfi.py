@@ -25,12 +25,16 @@ Pushing: hub incidents become a ``disciplineIncident`` (upserted by natural key:
 200 updated), a ``studentDisciplineIncidentBehaviorAssociation`` linking the student (the ODS
 requires it before an action may reference the behavior), and a ``disciplineAction`` (its date
 is part of its natural key: when the hub's action moves to another day, the action sent before
-is deleted and the new one created, so the source never holds both).
-Narratives are never sent. An update of an incident the source has (the row carries the
-``source_etag`` and ``source_resource_id`` the engine read) is a PUT of that item with
-``If-Match``, laid over the source's current item so its own fields stay; a 412 is reported as
-a ``conflict`` result and nothing is written. :meth:`EdFiConnector.delete_incident` deletes an
-incident the hub deleted, with its actions and associations.
+is deleted and the new one created, so the source never holds both). Which actions were "sent
+before" the engine says (``row["sent_actions"]``, its record of what pushes sent); results
+report the action sent and those dropped (``PushResult.sent_action``, ``dropped_actions``).
+:meth:`EdFiConnector.fetch_action` and :meth:`EdFiConnector.delete_action` let the engine
+delete an action it sent once the hub's is removed. Narratives are never sent. An update of an
+incident the source has (the row carries the ``source_etag`` and ``source_resource_id`` the
+engine read) is a PUT of that item with ``If-Match``, laid over the source's current item so
+its own fields stay; a 412 is reported as a ``conflict`` result and nothing is written.
+:meth:`EdFiConnector.delete_incident` deletes an incident the hub deleted, with its actions and
+associations.
 
 Unknown fields: ``EntityRead.known_fields`` lists what the Data Standard defines for the
 resources read (:data:`RESOURCE_FIELDS`); the pipeline warns about the others.
@@ -43,7 +47,7 @@ import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -1711,7 +1715,14 @@ class EdFiConnector(Connector):
             }
             if length is not None:
                 body["disciplineActionLength"] = length
-            refused = self._drop_replaced_actions(body, student, source_id)
+            key = {
+                "identifier": body["disciplineActionIdentifier"],
+                "student": student,
+                "date": body["disciplineDate"],
+            }
+            dropped, refused = self._drop_replaced_actions(
+                key, row.get("sent_actions") or (), source_id
+            )
             if refused is not None:
                 return refused
             response = self._http.send_json("POST", self._data_path("disciplineActions"), body)
@@ -1721,45 +1732,99 @@ class EdFiConnector(Connector):
                     action="failed",
                     message=f"the incident was {action}, but its discipline action was refused: "
                     + _problem("disciplineActions", response),
+                    dropped_actions=dropped,
                 )
+            # A 201 says where the new item is; a 200 (an upsert of the same natural key)
+            # does not, and the engine keeps the id it had.
+            location = response.headers.get("location") or ""
+            resource_id = location.rstrip("/").rsplit("/", 1)[-1] if location else ""
+            return PushResult(
+                source_id=source_id,
+                action=action,
+                sent_action={**key, "resource_id": resource_id},
+                dropped_actions=dropped,
+            )
         return PushResult(source_id=source_id, action=action)
 
     def _drop_replaced_actions(
-        self, body: dict[str, Any], student: str, source_id: str
-    ) -> PushResult | None:
+        self, key: dict[str, str], sent: Iterable[Mapping[str, Any]], source_id: str
+    ) -> tuple[list[dict[str, str]], PushResult | None]:
         """Delete the discipline actions this push replaces, before the new one is posted.
 
-        A discipline action's natural key includes its ``disciplineDate``: when the hub's
-        action moves to another day, a POST (an upsert by natural key) would create a second
-        action beside the one sent before. So the actions with the same identifier for the
-        same student on another date (the earlier versions this push sent) are deleted first,
-        each with ``If-Match`` on the version just read. Returns a failed result when one could
-        not be deleted; nothing new is posted then, and the next run tries again.
+        ``sent``: the natural keys of the actions earlier pushes sent for this incident (the
+        engine's record, ``row["sent_actions"]``). A discipline action's natural key includes
+        its ``disciplineDate`` and student: when the hub's action moves to another day (or the
+        incident to another student), a POST (an upsert by natural key) would create a second
+        action beside the one sent before. So each recorded action whose key differs from
+        ``key`` is deleted first, with ``If-Match`` on the version just read. Only recorded
+        ones: an action with the same identifier that the source holds of its own is never
+        touched (the identifier alone cannot tell them apart).
 
-        (The ODS/API allows a key change by PUT only for the resources whose model says so;
-        delete-then-create works on every ODS and on the test server alike.)
+        Returns the keys dropped (deleted now, or gone already) and, when one could not be
+        deleted, a failed result naming them; nothing new is posted then, and the next run
+        tries again. (The ODS/API allows a key change by PUT only for the resources whose
+        model says so; delete-then-create works on every ODS and on the test server alike.)
         """
-        keys = {"disciplineActionIdentifier": body["disciplineActionIdentifier"]}
-        keys["studentUniqueId"] = student
-        stale = [
-            action
-            for action in self._query(DISCIPLINE_ACTIONS, keys)
-            if _iso_date(action.get("disciplineDate")) != body["disciplineDate"]
-        ]
-        for action in stale:
-            path = f"{self._data_path('disciplineActions')}/{action['id']}"
-            etag = str(action.get("_etag") or "").strip('"')
-            headers = {"If-Match": f'"{etag}"'} if etag else None
-            response = self._http.send_json("DELETE", path, None, headers=headers)
-            if response.status_code not in (200, 204, 404):
-                return PushResult(
-                    source_id=source_id,
-                    action="failed",
-                    message=f"its discipline action moved to {body['disciplineDate']}, but the "
-                    f"one of {_iso_date(action.get('disciplineDate'))} could not be replaced: "
-                    + _problem("disciplineActions", response),
-                )
-        return None
+        dropped: list[dict[str, str]] = []
+        for old in sent:
+            old_key = {name: str(old.get(name) or "") for name in ("identifier", "student", "date")}
+            if old_key == key:
+                continue
+            items = self._query(
+                DISCIPLINE_ACTIONS,
+                {
+                    "disciplineActionIdentifier": old_key["identifier"],
+                    "studentUniqueId": old_key["student"],
+                    "disciplineDate": old_key["date"],
+                },
+            )
+            for item in items:
+                response = self.delete_action(str(item["id"]), etag=item.get("_etag"))
+                if response.action not in ("deleted", "unchanged"):
+                    return dropped, PushResult(
+                        source_id=source_id,
+                        action="failed",
+                        message=f"its discipline action moved to {key['date']}, but the "
+                        f"one of {old_key['date']} could not be replaced: {response.message}",
+                        dropped_actions=dropped,
+                    )
+            dropped.append(old_key)
+        return dropped, None
+
+    def fetch_action(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The discipline action with this natural key (``identifier``, ``student``, ``date``
+        as in :attr:`PushResult.sent_action`) as flattened fields, with ``id``, ``_etag`` and
+        ``_lastModifiedDate``; None when the source has no such action."""
+        items = self._query(
+            DISCIPLINE_ACTIONS,
+            {
+                "disciplineActionIdentifier": str(key.get("identifier") or ""),
+                "studentUniqueId": str(key.get("student") or ""),
+                "disciplineDate": str(key.get("date") or ""),
+            },
+        )
+        return flatten(items[0]) if items else None
+
+    def delete_action(self, resource_id: str, *, etag: str | None = None) -> PushResult:
+        """Delete one discipline action, only if it is still the version read (``If-Match``
+        with ``etag``): ``deleted``; ``unchanged`` when the source has it no more (404);
+        ``conflict`` when it changed since it was read (412); ``failed`` with the source's
+        reason otherwise."""
+        path = f"{self._data_path('disciplineActions')}/{resource_id}"
+        current = str(etag or "").strip('"')
+        headers = {"If-Match": f'"{current}"'} if current else None
+        response = self._http.send_json("DELETE", path, None, headers=headers)
+        if response.status_code in (200, 204):
+            return PushResult(source_id=resource_id, action="deleted")
+        if response.status_code == 404:
+            return PushResult(
+                source_id=resource_id, action="unchanged", message="not in the source (any more)"
+            )
+        return PushResult(
+            source_id=resource_id,
+            action="conflict" if response.status_code == 412 else "failed",
+            message=_problem("disciplineActions", response),
+        )
 
     def _update_incident(
         self, resource_id: str, etag: str, incident: dict[str, Any], source_id: str

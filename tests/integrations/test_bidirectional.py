@@ -126,6 +126,7 @@ def test_a_hub_incident_is_pushed_with_its_action_and_gets_its_lineage(north, sy
         "pushed_created": 0,
         "pushed_updated": 0,
         "pushed_deleted": 0,
+        "actions_deleted": 0,
         "conflicts": 0,
         "source_won": 0,
         "failed": 0,

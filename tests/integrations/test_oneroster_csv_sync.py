@@ -384,3 +384,45 @@ def test_a_delta_removes_the_links_a_parent_row_no_longer_lists(
     assert Tombstone.objects.filter(
         table_name=StudentGuardian._meta.db_table, source_id=f"{cleared['sourcedId']}:{was_cleared}"
     ).exists()
+
+
+def test_a_held_delta_that_drops_a_guardian_link_removes_it_once_approved(
+    system, definition, tmp_path, north
+):
+    """A held run is applied later from what staging stored: the table of the parents an
+    incremental read carried must survive the wait, or approving it would keep the links the
+    guardians' complete lists no longer have (while the preview said they would go)."""
+    from bxos.schools.models import StudentGuardian
+
+    roster = build_roster(students=6)
+    run_zip(definition, system, write_zip(tmp_path / "full.zip", roster))
+    # Hold on any removal from the first row on.
+    SyncDefinition.objects.filter(pk=definition.pk).update(hold_min_rows=1, hold_removal_pct=0)
+    definition.refresh_from_db()
+
+    def links() -> set[str]:
+        return set(
+            StudentGuardian.objects.filter(
+                district=north.district, source_system=SOURCE
+            ).values_list("source_id", flat=True)
+        )
+
+    role = {r["userSourcedId"]: r for r in roster.rows("roles")}
+    cleared = next(r for r in roster.rows("users") if role[r["sourcedId"]]["role"] == "parent")
+    dropped = f"{cleared['sourcedId']}:{cleared['agentSourcedIds']}"
+    before = links()
+    assert dropped in before
+    cleared["agentSourcedIds"] = ""
+    delta = build_roster(students=0)
+    delta.files = {"users": [cleared], "roles": [role[cleared["sourcedId"]]], "demographics": []}
+    modes = {"users": "delta", "roles": "delta", "demographics": "delta"}
+
+    held = run_zip(definition, system, write_zip(tmp_path / "delta.zip", delta, modes=modes))
+    assert held.status == RunStatus.HELD, held.message
+    assert held.diff["student_guardian"]["deleted"] == 1
+    assert links() == before  # nothing applied while held
+
+    approved = services.run_approve(run=held, actor=system, enqueue=False)
+    assert approved.status == RunStatus.SUCCEEDED, approved.message
+    assert links() == before - {dropped}
+    assert approved.diff["student_guardian"]["deleted"] == 1
