@@ -60,11 +60,13 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "bxos.common.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Django's session, CSRF, sign-in and message middleware, left out for /api/v... only: its
+    # callers send bearer tokens, never cookies (bxos.common.middleware).
+    "bxos.common.middleware.BrowserSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "bxos.common.middleware.BrowserCsrfViewMiddleware",
+    "bxos.common.middleware.BrowserAuthenticationMiddleware",
+    "bxos.common.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # After authentication: records the signed-in user as the audit actor for the request.
     "bxos.common.middleware.AuditActorMiddleware",
