@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
+from django.utils.encoding import escape_uri_path
 
 from bxos.api.errors import BadParameter
 from bxos.common.db import safe_change_version
@@ -166,7 +167,12 @@ def page_meta(request, page: Page, last_key: tuple[int, ...] | None, has_more: b
     meta["next"] = cursor
     links = {"next": None}
     if cursor:
-        links["next"] = request.build_absolute_uri(f"{request.path}?{_next_query(request, cursor)}")
+        # build_absolute_uri() without its parsing and IRI quoting, which change nothing here
+        # (an API path and an urlencoded query are ASCII): this runs on every page.
+        links["next"] = (
+            f"{request.scheme}://{request.get_host()}{escape_uri_path(request.path)}"
+            f"?{_next_query(request, cursor)}"
+        )
     return {"meta": meta, "links": links}
 
 
