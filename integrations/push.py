@@ -1357,19 +1357,14 @@ def conflict_resolve(
                     run=None,
                     actor=actor,
                 )
-                if result.action == "conflict":
-                    fresh = connector.fetch_incident(conflict.source_id)
-                    if fresh is not None:
-                        conflict.source = _jsonable(fresh)
-                        model_save(instance=conflict, actor=actor, fields=["source"], emit=False)
-                    raise ValidationError(
-                        f"{integration.name} changed {conflict.source_id} again just now, so the "
-                        "hub's version was not sent; its new version is shown: decide again."
-                    )
-                if result.action == "failed":
-                    raise ValidationError(
-                        f"{integration.name} refused the hub's version: {result.message}"
-                    )
+                _raise_if_refused(
+                    result,
+                    conflict,
+                    refetch=lambda: connector.fetch_incident(conflict.source_id),
+                    not_done="the hub's version was not sent",
+                    refused=f"{integration.name} refused the hub's version",
+                    actor=actor,
+                )
                 status = ConflictStatus.RESOLVED_HUB
             else:
                 record = connector.fetch_incident(conflict.source_id)
@@ -1386,6 +1381,31 @@ def conflict_resolve(
         services.connector_state_save(integration, connector)
         connector.close()
     return _decide(conflict, status, actor)
+
+
+def _raise_if_refused(
+    result: PushResult,
+    conflict: SyncConflict,
+    *,
+    refetch: Callable[[], dict[str, Any] | None],
+    not_done: str,
+    refused: str,
+    actor,
+) -> None:
+    """An admin's decision the source did not take: it changed the record again since it was
+    read (its new version is stored on the conflict, to decide on again), or it refused."""
+    integration = conflict.definition.integration
+    if result.action == "conflict":
+        fresh = refetch()
+        if fresh is not None:
+            conflict.source = _jsonable(fresh)
+            model_save(instance=conflict, actor=actor, fields=["source"], emit=False)
+        raise ValidationError(
+            f"{integration.name} changed {conflict.source_id} again just now, so {not_done}; "
+            "its new version is shown: decide again."
+        )
+    if result.action == "failed":
+        raise ValidationError(f"{refused}: {result.message}")
 
 
 def _resolve_action(conflict: SyncConflict, keep: str, actor) -> SyncConflict:
@@ -1416,20 +1436,14 @@ def _resolve_action(conflict: SyncConflict, keep: str, actor) -> SyncConflict:
             item = connector.fetch_action(record.key)
             if item is not None:
                 result = connector.delete_action(str(item["id"]), etag=item.get("_etag"))
-                if result.action == "conflict":
-                    fresh = connector.fetch_action(record.key)
-                    if fresh is not None:
-                        conflict.source = _jsonable(fresh)
-                        model_save(instance=conflict, actor=actor, fields=["source"], emit=False)
-                    raise ValidationError(
-                        f"{integration.name} changed {conflict.source_id} again just now, so it "
-                        "was not deleted; its new version is shown: decide again."
-                    )
-                if result.action == "failed":
-                    raise ValidationError(
-                        f"{integration.name} refused to delete {conflict.source_id}: "
-                        f"{result.message}"
-                    )
+                _raise_if_refused(
+                    result,
+                    conflict,
+                    refetch=lambda: connector.fetch_action(record.key),
+                    not_done="it was not deleted",
+                    refused=f"{integration.name} refused to delete {conflict.source_id}",
+                    actor=actor,
+                )
             pushed_actions_forget(records=[record], actor=actor)
     except ConnectorError as exc:
         raise ValidationError(f"{integration.name} could not be reached: {exc}") from exc
