@@ -370,3 +370,50 @@ def test_a_sync_conflict_is_compared_and_resolved(page, live_server, north, syst
     assert fresh(incident).occurred_at == time(11, 15)
     assert at_peer(edfi_peer, incident)["incidentTime"] == "11:15:00"
     screenshot(page, "integrations-sync-conflict-resolved")
+
+
+def test_an_action_removal_conflict_is_shown_and_decided(
+    page, live_server, north, system, edfi_peer
+):
+    # A discipline action the push sent is removed in the hub while the source changed it:
+    # under manual review the removal waits for an admin, who sees both sides and decides.
+    from tests.integrations.test_bidirectional import sync
+    from tests.integrations.test_edfi_push_action_removal import (
+        bx_actions,
+        pushed_with_action,
+        remove,
+    )
+
+    definition, incident, action = pushed_with_action(
+        north, system, edfi_peer, ConflictPolicy.MANUAL
+    )
+    remove(action, system)
+    [sent] = bx_actions(edfi_peer, incident)
+    edfi_peer.update("disciplineActions", sent["id"], {"disciplineActionLength": 3.0})
+    sync(definition, system)
+    conflict = SyncConflict.objects.get(definition=definition, status=ConflictStatus.OPEN)
+
+    login(page, live_server, north.users["district_admin"].username)
+    page.goto(f"{live_server.url}/admin/integrations/syncconflict/")
+    listed = page.locator("#result_list").inner_text()
+    assert conflict.source_id in listed and "(deleted)" in listed
+    page.click(f"#result_list a[href*='/syncconflict/{conflict.pk}/change/']")
+    page.wait_for_selector("#conflict-compare")
+    assert "Removed in the hub" in page.locator("#conflict-compare").inner_text()
+    # The comparison stays inside the page: a long key wraps in its column.
+    box = page.locator("#conflict-compare").bounding_box()
+    field = page.locator(".field-compare div.readonly").bounding_box()
+    assert box["x"] + box["width"] <= field["x"] + field["width"] + 1
+    Path("/tmp/shots").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path="/tmp/shots/sync_action_conflict.png", full_page=True)
+    screenshot(page, "integrations-action-conflict")
+
+    page.click("#conflict-keep-hub")
+    page.wait_for_selector(".messagelist")
+    assert page.locator("#conflict-keep-hub").count() == 0
+    conflict.refresh_from_db()
+    assert conflict.status == ConflictStatus.RESOLVED_HUB
+    assert conflict.decided_by == north.users["district_admin"]
+    assert bx_actions(edfi_peer, incident) == []  # the sent action is gone from the source
+    page.screenshot(path="/tmp/shots/sync_action_conflict_decided.png", full_page=True)
+    screenshot(page, "integrations-action-conflict-decided")
