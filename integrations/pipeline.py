@@ -106,8 +106,15 @@ def hub_defaults(spec: ent.EntitySpec, district_id: int) -> str:
 HASH_WORK_MEM = "128MB"
 
 
+# Below this many records, nested loops over the hub's indexes beat reading the district's
+# rows into a hash (a delta of a few hundred records against a table of a million).
+HASH_MIN_ROWS = 20000
+# A merge that wrote at least this many rows, and more than a tenth of a table, analyzes it.
+ANALYZE_MIN_ROWS = 1000
+
+
 @contextlib.contextmanager
-def hash_joins(cur) -> Iterator[None]:
+def hash_joins(cur, *, rows: int | None = None) -> Iterator[None]:
     """For the statements inside, within the caller's transaction: no nested loops.
 
     The fingerprint statements join a run's records to the fingerprints and to the hub table
@@ -115,7 +122,13 @@ def hash_joins(cur) -> Iterator[None]:
     million rows) and the fingerprints by the previous run, so their statistics may say
     "empty", and the planner's nested loop over them then takes hours instead of a second.
     Set as a transaction-local setting and put back after, so nothing else in the merge sees
-    it (a failed statement's savepoint or transaction undoes it too)."""
+    it (a failed statement's savepoint or transaction undoes it too).
+
+    ``rows``: how many records the statements start from; below :data:`HASH_MIN_ROWS` the
+    planner is left to choose."""
+    if rows is not None and rows < HASH_MIN_ROWS:
+        yield
+        return
     cur.execute("SELECT current_setting('enable_nestloop'), current_setting('work_mem')")
     nestloop, work_mem = cur.fetchone()
     # Memory enough to hash a million records' fingerprints without spilling to disk.
@@ -388,8 +401,9 @@ class Stager:
                 f"CREATE UNLOGGED TABLE {fps} AS SELECT r._line AS _line, ({sid_sql}) AS _sid, "
                 f"({deleted_sql}) AS _deleted, {fp} AS _fp FROM {raw} r{joined}{filtered}"
             )
+            staged = cur.rowcount
             cur.execute(f"ANALYZE {fps}")
-        with transaction.atomic(), connection.cursor() as cur, hash_joins(cur):
+        with transaction.atomic(), connection.cursor() as cur, hash_joins(cur, rows=staged):
             cur.execute(
                 f"""
                 CREATE UNLOGGED TABLE {kept} AS
@@ -400,11 +414,13 @@ class Stager:
                       AND s.entity = %(entity)s AND s.source_id = f._sid
                       AND s.fingerprint = md5(%(defaults)s || f._fp::text)::uuid
                     WHERE f._line < 2000000000 AND NOT f._deleted
+                ), dups AS MATERIALIZED (
+                    SELECT d._sid FROM {fps} d GROUP BY d._sid HAVING count(*) > 1
                 )
                 SELECT m._line, m._sid, m._hub_id, m._cv FROM same m
                 JOIN {q(spec.table)} t ON t.id = m._hub_id AND t.change_version = m._cv
-                WHERE NOT EXISTS (SELECT 1 FROM {fps} d WHERE d._sid = m._sid
-                                  AND d._line <> m._line)
+                  AND t.district_id = %(district)s
+                WHERE NOT EXISTS (SELECT 1 FROM dups WHERE dups._sid = m._sid)
                 """,
                 {**self._params(spec.name), "defaults": defaults},
             )
@@ -1186,7 +1202,12 @@ class Merger:
             result.deleted, failed_d = self._apply_removals(cur, spec, res, removal_ids, p)
             result.failed += failed_u + failed_i + failed_d
             if st.fingerprints:
-                self._store_fingerprints(cur, spec, res, removal_ids, p)
+                stored = sum(ops.get(op, 0) for op in ("insert", "update", "unchanged"))
+                if result.created >= ANALYZE_MIN_ROWS:
+                    # Rows this transaction inserted are in no statistics yet: the planner
+                    # would take the district for empty and walk it once per record.
+                    stored = max(stored, HASH_MIN_ROWS)
+                self._store_fingerprints(cur, spec, res, removal_ids, p, rows=stored)
             self._audit(spec, result)
             self._emit(cur, spec, res, result)
             cur.execute(f"DROP TABLE IF EXISTS {res}")
@@ -1500,24 +1521,26 @@ class Merger:
         # The hub's defaults changed since staging (this run merged a new school year): any
         # kept record may map differently now.
         moved = hub_defaults(spec, self.run.district_id) != st.defaults
-        # By the hub's primary key: a nested loop over the kept rows is safe here.
-        cur.execute(
-            f"""
-            WITH stale AS MATERIALIZED (
-                SELECT k._sid FROM {st.kept} k
-                WHERE %(moved)s OR NOT EXISTS (
-                    SELECT 1 FROM {table} t
-                    WHERE t.id = k._hub_id AND t.change_version = k._cv)
-            ), dropped AS (
-                DELETE FROM integrations_recordfingerprint f USING stale s
-                WHERE f.definition_id = %(definition)s AND f.entity = %(entity)s
-                  AND f.source_id = s._sid
+        # By hash over the district's rows: a million probes of the hub's indexes, one per
+        # kept record, took longer than reading the district's rows once.
+        with hash_joins(cur, rows=st.kept_rows):
+            cur.execute(
+                f"""
+                WITH stale AS MATERIALIZED (
+                    SELECT k._sid FROM {st.kept} k
+                    LEFT JOIN {table} t ON t.id = k._hub_id AND t.change_version = k._cv
+                      AND t.district_id = %(district)s
+                    WHERE %(moved)s OR t.id IS NULL
+                ), dropped AS (
+                    DELETE FROM integrations_recordfingerprint f USING stale s
+                    WHERE f.definition_id = %(definition)s AND f.entity = %(entity)s
+                      AND f.source_id = s._sid
+                )
+                SELECT count(*) FROM stale
+                """,
+                {**p, "moved": moved},
             )
-            SELECT count(*) FROM stale
-            """,
-            {**p, "moved": moved},
-        )
-        stale = cur.fetchone()[0]
+            stale = cur.fetchone()[0]
         if stale:
             self.log(
                 f"{spec.name}: {stale} record(s) skipped as unchanged at staging were changed "
@@ -1527,12 +1550,12 @@ class Merger:
             )
         return st.kept_rows - stale
 
-    def _store_fingerprints(self, cur, spec, res, removal_ids: list[int], p) -> None:
+    def _store_fingerprints(self, cur, spec, res, removal_ids: list[int], p, *, rows: int) -> None:
         """Remember what this merge left for each record it inserted, updated or found
         unchanged (its fingerprint, hub row and that row's change version now), in one
         statement from the resolved table; forget the records it removed or that failed.
         Inside the merge's transaction: a held or failed run stores nothing."""
-        with hash_joins(cur):
+        with hash_joins(cur, rows=rows):
             cur.execute(
                 f"""
                 INSERT INTO integrations_recordfingerprint
@@ -1554,18 +1577,26 @@ class Merger:
                 """,
                 {**p, "defaults": hub_defaults(spec, self.run.district_id)},
             )
+        # By source id, through the primary key: one "OR" over all three made PostgreSQL read
+        # every fingerprint of the entity (a million) to forget a few.
         cur.execute(
             f"""
             DELETE FROM integrations_recordfingerprint f
+            USING (SELECT _sid FROM {res} WHERE _op IN ('failed', 'delete', 'gone')
+                   UNION SELECT source_id FROM integrations_recorderror
+                         WHERE run_id = %(run)s AND entity = %(entity)s) gone
             WHERE f.definition_id = %(definition)s AND f.entity = %(entity)s
-              AND (f.hub_id = ANY(%(removed)s)
-                   OR f.source_id IN (SELECT _sid FROM {res}
-                                      WHERE _op IN ('failed', 'delete', 'gone'))
-                   OR f.source_id IN (SELECT source_id FROM integrations_recorderror
-                                      WHERE run_id = %(run)s AND entity = %(entity)s))
+              AND f.source_id = gone._sid
             """,
-            {**p, "removed": removal_ids},
+            p,
         )
+        if removal_ids:
+            cur.execute(
+                "DELETE FROM integrations_recordfingerprint f "
+                "WHERE f.definition_id = %(definition)s AND f.entity = %(entity)s "
+                "AND f.hub_id = ANY(%(removed)s)",
+                {**p, "removed": removal_ids},
+            )
 
     def _check_thresholds(self, spec, result: EntityResult, updates: int, removals: int) -> None:
         d = self.definition
@@ -1942,6 +1973,35 @@ def _constraint_message(spec, exc: Exception) -> str:
             return str(c.violation_error_message)
     primary = getattr(diag, "message_primary", None) or _first_line(exc)
     return f"the database refused the row: {primary}"
+
+
+def analyze_written(results: dict[str, EntityResult]) -> list[str]:
+    """ANALYZE the hub tables (and the fingerprints) a committed merge changed by more than a
+    tenth: a district's first run adds a million rows the statistics do not know yet, and
+    until autovacuum gets to them the planner takes the district for empty. The next run's
+    small statements (a re-run's 1%) then walk the district's rows once per record instead of
+    using the lineage index. Outside the merge's transaction: ANALYZE holds its lock to the
+    end of the transaction, and two districts' merges must not queue behind each other."""
+    written: dict[str, int] = {}
+    for name, result in results.items():
+        table = ent.spec(name).table
+        changed = result.created + result.updated + result.deleted
+        written[table] = written.get(table, 0) + changed
+        written["integrations_recordfingerprint"] = (
+            written.get("integrations_recordfingerprint", 0) + changed
+        )
+    analyzed = []
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT relname, reltuples FROM pg_class WHERE relname = ANY(%s) "
+            "AND relnamespace = 'public'::regnamespace",
+            [list(written)],
+        )
+        for table, tuples in cur.fetchall():
+            if written[table] >= ANALYZE_MIN_ROWS and written[table] > 0.1 * max(tuples, 0):
+                cur.execute(f"ANALYZE {q(table)}")
+                analyzed.append(table)
+    return analyzed
 
 
 def drop_staging(run: SyncRun) -> None:

@@ -648,6 +648,7 @@ def _merge(
         integration_health_record(definition.integration, ok=True, counts=False)
         return run
     pipeline.drop_staging(run)
+    pipeline.analyze_written(results)
     integration_health_record(definition.integration, ok=True, counts=False)
     return run
 

@@ -333,3 +333,49 @@ def test_a_kept_row_edited_in_the_hub_before_the_merge_is_not_trusted(
     assert mapped(run, "student") == run.diff["student"]["updated"] == 1
     s2.refresh_from_db()
     assert s2.last_name == source_name
+
+
+def test_a_source_id_twice_in_a_rerun_fails_though_one_copy_is_unchanged(
+    north, system, media, tmp_path
+):
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    original = next(e for e in roster.rows("enrollments") if e["role"] == "student")
+    hub_row = SectionEnrollment.objects.get(
+        district=north.district, source_id=original["sourcedId"]
+    )
+    # The same enrollment again further down the file, with another begin date: the
+    # byte-identical first copy must not be skipped, or the second would win unchallenged.
+    roster.rows("enrollments").append({**original, "beginDate": "2026-10-01"})
+
+    run = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert run.status == RunStatus.PARTIAL, run.message
+    assert mapped(run, "section_enrollment") == 2
+    errors = list(run.errors.filter(entity="section_enrollment"))
+    assert [e.source_id for e in errors] == [original["sourcedId"]]
+    assert "appears more than once; first on line" in errors[0].reason
+    hub_row.refresh_from_db()
+    assert hub_row.begin_date != date(2026, 10, 1)
+
+
+def test_a_merge_that_adds_many_rows_refreshes_the_planner_statistics(
+    north, system, media, tmp_path
+):
+    """A district's first big run leaves statistics the next run's plans can trust (see
+    pipeline.analyze_written): without them the planner takes the new rows for absent."""
+    definition = make_definition(north, system)
+    roster = build_roster(students=300, classes_per_student=4)
+    run = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    created = run.diff["section_enrollment"]["created"]
+    assert created >= 1000
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT reltuples FROM pg_class "
+            "WHERE oid IN ('schools_sectionenrollment'::regclass, "
+            "'integrations_recordfingerprint'::regclass) ORDER BY relname"
+        )
+        fingerprints_seen, enrollments_seen = (row[0] for row in cur.fetchall())
+    assert enrollments_seen >= created
+    assert fingerprints_seen >= created
