@@ -56,6 +56,7 @@ from psycopg import sql as psql
 
 from bxos.common import events
 from bxos.common.audit import audit_bulk
+from bxos.common.db import safe_change_version
 from integrations import entities as ent
 from integrations import transforms
 from integrations.choices import ErrorStatus
@@ -245,6 +246,9 @@ class Staged:
     kept: str | None = None
     fingerprints: str | None = None
     defaults: str | None = None  # hub_defaults() as staging saw them
+    # Staging saw every hub change up to this version (a held run is merged later: the rows
+    # may have changed since).
+    kept_seen: int | None = None
     kept_rows: int = 0
 
     def to_json(self) -> dict:
@@ -334,6 +338,7 @@ class Stager:
             kept=kept[0] if kept else None,
             fingerprints=kept[1] if kept else None,
             defaults=kept[2] if kept else None,
+            kept_seen=kept[3] if kept else None,
             kept_rows=kept_rows,
         )
 
@@ -371,7 +376,7 @@ class Stager:
 
     def _keep_unchanged(
         self, spec, read, raw, columns, rules, crosswalks, sid_sql, deleted_sql
-    ) -> tuple[tuple[str, str, str], int]:
+    ) -> tuple[tuple[str, str, str, int], int]:
         """Fingerprint every staged row and find those this definition's last merge left
         exactly so: same fingerprint, and the hub row it left still at the same change
         version (a hub-side edit, a rollback or a removal changes or removes it). Those are
@@ -380,7 +385,8 @@ class Stager:
 
         Never kept: records retried from earlier errors, rows the read marks deleted, and a
         source id the read has more than once (the duplicate must still fail validation).
-        Returns ((kept table, fingerprint table, hub defaults as seen now), kept rows).
+        Returns ((kept table, fingerprint table, hub defaults as seen now, the change version
+        every hub row the statement saw is at or below), kept rows).
         """
         fps = self.table_name(spec.name, "_fp")
         defaults = hub_defaults(spec, self.run.district_id)
@@ -403,24 +409,29 @@ class Stager:
             )
             staged = cur.rowcount
             cur.execute(f"ANALYZE {fps}")
+        # Every change at or below this version is committed, so the statement below sees it;
+        # any later change has a higher version, which lets the merge check cheaply whether a
+        # kept record's hub row changed in between (Merger._recheck_kept).
+        # A short wait: past it (another district's long merge in flight), an older safe
+        # version is as correct, and at worst sends the merge to its full check.
+        seen = safe_change_version(wait_seconds=1.0)
         with transaction.atomic(), connection.cursor() as cur, hash_joins(cur, rows=staged):
+            # One pass: each staged row probes the fingerprints, then the district's hub rows.
             cur.execute(
                 f"""
                 CREATE UNLOGGED TABLE {kept} AS
-                WITH same AS MATERIALIZED (
-                    SELECT f._line, f._sid, s.hub_id AS _hub_id, s.hub_change_version AS _cv
-                    FROM {fps} f
-                    JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
-                      AND s.entity = %(entity)s AND s.source_id = f._sid
-                      AND s.fingerprint = md5(%(defaults)s || f._fp::text)::uuid
-                    WHERE f._line < 2000000000 AND NOT f._deleted
-                ), dups AS MATERIALIZED (
+                WITH dups AS MATERIALIZED (
                     SELECT d._sid FROM {fps} d GROUP BY d._sid HAVING count(*) > 1
                 )
-                SELECT m._line, m._sid, m._hub_id, m._cv FROM same m
-                JOIN {q(spec.table)} t ON t.id = m._hub_id AND t.change_version = m._cv
-                  AND t.district_id = %(district)s
-                WHERE NOT EXISTS (SELECT 1 FROM dups WHERE dups._sid = m._sid)
+                SELECT f._line, f._sid, s.hub_id AS _hub_id, s.hub_change_version AS _cv
+                FROM {fps} f
+                JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
+                  AND s.entity = %(entity)s AND s.source_id = f._sid
+                  AND s.fingerprint = md5(%(defaults)s || f._fp::text)::uuid
+                JOIN {q(spec.table)} t ON t.id = s.hub_id
+                  AND t.change_version = s.hub_change_version AND t.district_id = %(district)s
+                WHERE f._line < 2000000000 AND NOT f._deleted
+                  AND NOT EXISTS (SELECT 1 FROM dups WHERE dups._sid = f._sid)
                 """,
                 {**self._params(spec.name), "defaults": defaults},
             )
@@ -428,7 +439,7 @@ class Stager:
             cur.execute(f"ANALYZE {kept}")
         if count:
             self.log(f"{spec.name}: {count} record(s) unchanged since the last run; not mapped")
-        return (kept, fps, defaults), count
+        return (kept, fps, defaults, seen), count
 
     def _needed_fields(self, read: EntityRead, rules: list[dict]) -> set[str]:
         needed = set(transforms.source_fields(rules)) - {"_item"}
@@ -1521,6 +1532,18 @@ class Merger:
         # The hub's defaults changed since staging (this run merged a new school year): any
         # kept record may map differently now.
         moved = hub_defaults(spec, self.run.district_id) != st.defaults
+        if not moved and st.kept_seen is not None:
+            # Nothing of this table in this district written or deleted since staging looked
+            # (by the change-version indexes): no kept record's hub row can have changed.
+            cur.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE change_version > %(seen)s "
+                "AND district_id = %(district)s) OR EXISTS (SELECT 1 FROM common_tombstone "
+                "WHERE table_name = %(table)s AND change_version > %(seen)s "
+                "AND district_id = %(district)s)",
+                {**p, "seen": st.kept_seen, "table": spec.table},
+            )
+            if not cur.fetchone()[0]:
+                return st.kept_rows
         # By hash over the district's rows: a million probes of the hub's indexes, one per
         # kept record, took longer than reading the district's rows once.
         with hash_joins(cur, rows=st.kept_rows):
