@@ -7,9 +7,13 @@ the hub's rows, the run's counts and its record errors.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from auditlog.models import LogEntry
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from bxos.common.models import Tombstone
 from bxos.schools.models import Enrollment, SectionEnrollment, Student, StudentDemographic
@@ -426,3 +430,30 @@ def test_a_held_delta_that_drops_a_guardian_link_removes_it_once_approved(
     assert approved.status == RunStatus.SUCCEEDED, approved.message
     assert links() == before - {dropped}
     assert approved.diff["student_guardian"]["deleted"] == 1
+
+
+def test_a_retried_record_is_staged_for_its_own_entity_only(system, definition, tmp_path, north):
+    """users.csv is loaded once and read by five entities; a student retried from an earlier
+    run goes into the student's own copy, not into what the others read."""
+    roster = build_roster(students=10)
+    roster.find("users", "s3")["grades"] = "13"
+    first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    assert first.errors.filter(entity="student", source_id="s3").exists()
+    # The source leaves s3 out of users.csv this time (its role and enrollments stay).
+    roster.files["users"] = [r for r in roster.rows("users") if r["sourcedId"] != "s3"]
+
+    with CaptureQueriesContext(connection) as queries:
+        again = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert "student: retrying 1 record(s) that failed before" in again.log
+    assert again.errors.filter(entity="student", source_id="s3", field="grade_level").exists()
+    # Each entity's retries (the student's, and its school enrollment's) went into a table of
+    # that entity's own, never into the file's table the other entities read.
+    targets = {
+        re.match(r"\s*INSERT INTO (\S+)", q["sql"]).group(1)
+        for q in queries.captured_queries
+        if "'retry of '" in q["sql"]
+    }
+    assert targets == {
+        f'sync_stage."r{again.pk}_student_raw"',
+        f'sync_stage."r{again.pk}_enrollment_raw"',
+    }
