@@ -126,7 +126,7 @@ def hash_joins(cur, *, rows: int | None = None) -> Iterator[None]:
     it (a failed statement's savepoint or transaction undoes it too).
 
     ``rows``: how many records the statements start from; below :data:`HASH_MIN_ROWS` the
-    planner is left to choose."""
+    planner is left to choose. None: hash whatever the count."""
     if rows is not None and rows < HASH_MIN_ROWS:
         yield
         return
@@ -1260,11 +1260,13 @@ class Merger:
             result.deleted, failed_d = self._apply_removals(cur, spec, res, removal_ids, p)
             result.failed += failed_u + failed_i + failed_d
             if st.fingerprints:
-                stored = sum(ops.get(op, 0) for op in ("insert", "update", "unchanged"))
-                if result.created >= ANALYZE_MIN_ROWS:
-                    # Rows this transaction inserted are in no statistics yet: the planner
-                    # would take the district for empty and walk it once per record.
-                    stored = max(stored, HASH_MIN_ROWS)
+                # Rows this transaction inserted are in no statistics yet: the planner would
+                # take the district for empty and walk it once per record, so hash always.
+                stored = (
+                    None
+                    if result.created >= ANALYZE_MIN_ROWS
+                    else sum(ops.get(op, 0) for op in ("insert", "update", "unchanged"))
+                )
                 self._store_fingerprints(cur, spec, res, removal_ids, p, rows=stored)
             self._audit(spec, result)
             self._emit(cur, spec, res, result)
@@ -1620,7 +1622,9 @@ class Merger:
             )
         return st.kept_rows - stale
 
-    def _store_fingerprints(self, cur, spec, res, removal_ids: list[int], p, *, rows: int) -> None:
+    def _store_fingerprints(
+        self, cur, spec, res, removal_ids: list[int], p, *, rows: int | None
+    ) -> None:
         """Remember what this merge left for each record it inserted, updated or found
         unchanged (its fingerprint, hub row and that row's change version now), in one
         statement from the resolved table; forget the records it removed or that failed.
@@ -2045,7 +2049,7 @@ def _constraint_message(spec, exc: Exception) -> str:
     return f"the database refused the row: {primary}"
 
 
-def analyze_written(results: dict[str, EntityResult]) -> list[str]:
+def analyze_written(results: dict[str, EntityResult]) -> None:
     """ANALYZE the hub tables (and the fingerprints) a committed merge changed by more than a
     tenth: a district's first run adds a million rows the statistics do not know yet, and
     until autovacuum gets to them the planner takes the district for empty. The next run's
@@ -2060,7 +2064,6 @@ def analyze_written(results: dict[str, EntityResult]) -> list[str]:
         written["integrations_recordfingerprint"] = (
             written.get("integrations_recordfingerprint", 0) + changed
         )
-    analyzed = []
     with connection.cursor() as cur:
         cur.execute(
             "SELECT relname, reltuples FROM pg_class WHERE relname = ANY(%s) "
@@ -2070,8 +2073,6 @@ def analyze_written(results: dict[str, EntityResult]) -> list[str]:
         for table, tuples in cur.fetchall():
             if written[table] >= ANALYZE_MIN_ROWS and written[table] > 0.1 * max(tuples, 0):
                 cur.execute(f"ANALYZE {q(table)}")
-                analyzed.append(table)
-    return analyzed
 
 
 def drop_staging(run: SyncRun) -> None:
