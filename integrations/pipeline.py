@@ -52,6 +52,7 @@ import psycopg
 from auditlog.models import LogEntry
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
 from psycopg import sql as psql
 
 from bxos.common import events
@@ -250,6 +251,9 @@ class Staged:
     # may have changed since).
     kept_seen: int | None = None
     kept_rows: int = 0
+    # A CSV read's joined files: (staging table, key, from_field, file name). The merge keeps
+    # a failed record's joined rows with its error too (see attach_raw).
+    joins: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         """Every field, for ``SyncRun.staging``: a held run is merged later from this, so it
@@ -264,6 +268,7 @@ class Staged:
         known = {f.name for f in fields(cls)}
         item = {k: v for k, v in data.items() if k in known}
         item["key_changes"] = [tuple(pair) for pair in item.get("key_changes") or ()]
+        item["joins"] = [tuple(join) for join in item.get("joins") or ()]
         return cls(**item)
 
 
@@ -343,6 +348,7 @@ class Stager:
             defaults=kept[2] if kept else None,
             kept_seen=kept[3] if kept else None,
             kept_rows=kept_rows,
+            joins=self._join_refs(read),
         )
 
     # -- skipping records unchanged since the last run
@@ -671,7 +677,7 @@ class Stager:
                                     line=line,
                                     field="",
                                     reason=f"the row has {len(row)} fields; the header has {width}",
-                                    raw={"row": row[:50]},
+                                    raw={"_row": row[:50]},
                                 )
                             )
                             continue
@@ -731,20 +737,34 @@ class Stager:
 
         A record the source sent again in this run is not re-added: the newer data wins.
         Re-added rows get line numbers above 2,000,000,000 and a file name saying where they
-        came from, so their errors cannot be confused with this run's rows.
+        came from, so their errors cannot be confused with this run's rows. A row that could
+        not be parsed has no source id and is not re-added (see errors_superseded).
         """
+        id_col = "_sid" if read.csv is None else read.id_field
         pending = RecordError.objects.filter(
-            definition=self.definition, entity=entity, status=ErrorStatus.OPEN, raw__isnull=False
+            definition=self.definition,
+            entity=entity,
+            status=ErrorStatus.OPEN,
+            raw__has_key=id_col,
         ).exclude(run=self.run)
         if not pending.exists():
             return raw
-        id_col = "_sid" if read.csv is None else read.id_field
         if read.csv is not None:
             own = self.table_name(entity, "_raw")
             with connection.cursor() as cur:
                 cur.execute(f"DROP TABLE IF EXISTS {own}")
                 cur.execute(f"CREATE UNLOGGED TABLE {own} AS SELECT * FROM {raw}")
             raw = own
+        # The latest error of each record, with what was kept of it.
+        errors = """
+            SELECT DISTINCT ON (raw ->> %(id_col)s) id, run_id, file, line, raw,
+                   raw ->> %(id_col)s AS record_id
+            FROM integrations_recorderror
+            WHERE definition_id = %(definition)s AND entity = %(entity)s
+              AND status = 'open' AND run_id <> %(run)s AND raw ->> %(id_col)s IS NOT NULL
+            ORDER BY raw ->> %(id_col)s, id DESC
+        """
+        params = {**self._params(entity), "id_col": id_col}
         with connection.cursor() as cur:
             cur.execute(
                 "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
@@ -764,22 +784,62 @@ class Stager:
                        'retry of ' || coalesce(nullif(e.file, ''), %(entity)s) || ' line '
                          || coalesce(e.line::text, '?') || ' (run #' || e.run_id || ')',
                        {picks}
-                FROM (
-                    SELECT DISTINCT ON (raw ->> %(id_col)s) id, run_id, file, line,
-                           raw ->> %(id_col)s AS record_id,
-                           jsonb_populate_record(NULL::{raw}, raw) AS p
-                    FROM integrations_recorderror
-                    WHERE definition_id = %(definition)s AND entity = %(entity)s
-                      AND status = 'open' AND run_id <> %(run)s AND raw IS NOT NULL
-                    ORDER BY raw ->> %(id_col)s, id DESC
-                ) e
+                FROM (SELECT e.*, jsonb_populate_record(NULL::{raw}, e.raw) AS p
+                      FROM ({errors}) e) e
                 WHERE NOT EXISTS (SELECT 1 FROM {raw} x WHERE x.{q(id_col)} = e.record_id)
                 """,
-                {**self._params(entity), "id_col": id_col},
+                params,
             )
-            if cur.rowcount:
-                self.log(f"{entity}: retrying {cur.rowcount} record(s) that failed before")
+            retried = cur.rowcount
+        if retried:
+            self.log(f"{entity}: retrying {retried} record(s) that failed before")
+            if read.csv is not None:
+                self._retry_joined(entity, raw, errors, params)
         return raw
+
+    def _retry_joined(self, entity: str, raw: str, errors: str, params: dict) -> None:
+        """Give the retried records the joined rows kept with their errors (attach_raw), where
+        this run's joined file has none for them: a delta's roles.csv leaves out users it does
+        not change, and a student without its role would be filtered out unseen. This run's
+        rows win when there are some (the newer data). The additions go into a copy of the
+        joined file's table that is this entity's own."""
+        for n, (table, provides, join) in enumerate(self._joins):
+            key, left = q(join.key), q(join.from_field)
+            adds = f"""
+                SELECT e.id, e.run_id, a.n, jsonb_populate_record(NULL::{table}, a.j) AS p
+                FROM ({errors}) e
+                JOIN {raw} r ON r.{q(params["id_col"])} = e.record_id AND r._line >= 2000000000
+                CROSS JOIN LATERAL jsonb_array_elements(
+                    CASE jsonb_typeof(e.raw -> '_joined' -> %(joined)s)
+                    WHEN 'array' THEN e.raw -> '_joined' -> %(joined)s END
+                ) WITH ORDINALITY AS a(j, n)
+                WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.{key} = r.{left})
+            """
+            p = {**params, "joined": join.csv.name}
+            with connection.cursor() as cur:
+                cur.execute(f"SELECT EXISTS ({adds})", p)
+                if not cur.fetchone()[0]:
+                    continue
+                own = self.table_name(entity, f"_join{n}")
+                cols = self._raw_columns(table)
+                names = ", ".join(["_line", "_file", *(q(c) for c in cols)])
+                picks = ", ".join(f"(p).{q(c)}" for c in cols)
+                cur.execute(f"DROP TABLE IF EXISTS {own}")
+                cur.execute(f"CREATE UNLOGGED TABLE {own} AS SELECT * FROM {table}")
+                cur.execute(
+                    f"""
+                    INSERT INTO {own} ({names})
+                    SELECT 2000000000 + row_number() OVER (ORDER BY id, n),
+                           'retry of ' || %(joined)s || ' (run #' || run_id || ')', {picks}
+                    FROM ({adds}) adds
+                    """,
+                    p,
+                )
+                self.log(
+                    f"{entity}: {cur.rowcount} row(s) of {join.csv.name} kept with the retried "
+                    "records' errors"
+                )
+            self._joins[n] = (own, provides, join)
 
     # -- mapping and validation
 
@@ -1031,21 +1091,14 @@ class Stager:
                 """,
                 self._params(spec.name),
             )
-            self.attach_raw(cur, raw, spec.name, read)
+            attach_raw(cur, raw=raw, joins=self._join_refs(read), params=self._params(spec.name))
             cur.execute(f"SELECT count(*) FROM {mapped}")
             return cur.fetchone()[0]
 
-    def attach_raw(self, cur, raw: str, entity: str, read) -> None:
-        """Keep the source record with each error, so it can be retried and downloaded."""
-        cur.execute(
-            f"""
-            UPDATE integrations_recorderror e SET raw = to_jsonb(r) - '_line' - '_file'
-            FROM {raw} r
-            WHERE e.run_id = %(run)s AND e.entity = %(entity)s AND e.raw IS NULL
-              AND r._line = e.line
-            """,
-            self._params(entity),
-        )
+    def _join_refs(self, read: EntityRead) -> list[tuple[str, str, str, str]]:
+        """The read's joined files as (staging table, key, from_field, file name)."""
+        joins = self._joins if read.csv is not None else []
+        return [(table, join.key, join.from_field, join.csv.name) for table, _p, join in joins]
 
     def _type_check(self, spec: ent.EntitySpec, target: ent.Target, v: str) -> str:
         name = target.name
@@ -1268,6 +1321,7 @@ class Merger:
                     else sum(ops.get(op, 0) for op in ("insert", "update", "unchanged"))
                 )
                 self._store_fingerprints(cur, spec, res, removal_ids, p, rows=stored)
+            attach_raw(cur, raw=st.raw, joins=st.joins, params=p)
             self._audit(spec, result)
             self._emit(cur, spec, res, result)
             cur.execute(f"DROP TABLE IF EXISTS {res}")
@@ -2087,12 +2141,70 @@ def drop_staging(run: SyncRun) -> None:
             cur.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{name}")
 
 
-def errors_superseded(run: SyncRun) -> None:
+def attach_raw(cur, *, raw: str, joins: list[tuple[str, str, str, str]], params: dict) -> None:
+    """Keep the source record with each of the run's errors of the entity that has none yet, so
+    it can be downloaded and retried by the next run.
+
+    With the rows of the files it was joined to, under ``_joined`` (file name -> rows): the
+    next file may be a delta that leaves them out (a student's role is in roles.csv), and the
+    record is retried with them (Stager._inject_retries). Called by validation and again by
+    the merge, whose failures (an unknown parent) are retried the same way.
+    """
+    where = "run_id = %(run)s AND entity = %(entity)s AND raw IS NULL AND line IS NOT NULL"
+    cur.execute(f"SELECT EXISTS (SELECT 1 FROM integrations_recorderror WHERE {where})", params)
+    if not cur.fetchone()[0]:
+        return
+    ctes = [
+        f"bad AS MATERIALIZED (SELECT r.* FROM {raw} r WHERE r._line IN "
+        f"(SELECT line FROM integrations_recorderror WHERE {where}))"
+    ]
+    joined, pairs = "", []
+    for n, (table, key, from_field, name) in enumerate(joins):
+        ctes.append(
+            f"j{n} AS (SELECT x.{q(key)} AS k, jsonb_agg(to_jsonb(x) - '_line' - '_file' "
+            f"ORDER BY x._line) AS rows FROM {table} x "
+            f"WHERE x.{q(key)} IN (SELECT {q(from_field)} FROM bad) GROUP BY x.{q(key)})"
+        )
+        joined += f" LEFT JOIN j{n} ON j{n}.k = b.{q(from_field)}"
+        pairs.append(f"{lit(name)}, j{n}.rows")
+    value = "to_jsonb(b) - '_line' - '_file'"
+    if pairs:
+        value += (
+            " || jsonb_build_object('_joined', "
+            f"jsonb_strip_nulls(jsonb_build_object({', '.join(pairs)})))"
+        )
+    # A few errors against a million staged rows: hash them rather than walk the table per error.
+    with transaction.atomic(), hash_joins(cur):
+        cur.execute(
+            f"""
+            WITH {", ".join(ctes)}
+            UPDATE integrations_recorderror e SET raw = {value}
+            FROM bad b{joined}
+            WHERE e.run_id = %(run)s AND e.entity = %(entity)s AND e.raw IS NULL
+              AND e.line = b._line
+            """,
+            params,
+        )
+
+
+def errors_superseded(run: SyncRun, staged: list[Staged]) -> None:
     """Open errors of earlier runs of this definition were retried by this run: a record that
-    failed again has a new open error from this run."""
-    RecordError.objects.filter(definition_id=run.definition_id, status=ErrorStatus.OPEN).exclude(
-        run=run
-    ).filter(raw__isnull=False).update(status=ErrorStatus.RETRIED)
+    failed again has a new open error from this run.
+
+    A row that could not be parsed (``_row``: a wrong number of fields) was not retried, having
+    no fields to retry: its error stays open until a complete file of its entity is read
+    again, since a delta may never send the row again.
+    """
+    earlier = RecordError.objects.filter(
+        definition_id=run.definition_id,
+        status=ErrorStatus.OPEN,
+        entity__in=[s.entity for s in staged],
+        raw__isnull=False,
+    ).exclude(run=run)
+    complete = [s.entity for s in staged if s.complete]
+    earlier.filter(~Q(raw__has_key="_row") | Q(entity__in=complete)).update(
+        status=ErrorStatus.RETRIED
+    )
 
 
 def forget_older_images(run: SyncRun) -> None:

@@ -619,7 +619,7 @@ def _merge(
             results = merger.merge(staged)
             if (run.cursor_after and run.mode != SyncMode.FULL) or run.cursor_after:
                 SyncDefinition.objects.filter(pk=definition.pk).update(cursor=run.cursor_after)
-            pipeline.errors_superseded(run)
+            pipeline.errors_superseded(run, staged)
             pipeline.forget_older_images(run)
             totals = _totals(results)
             run.refresh_from_db(fields=["failed_count"])

@@ -446,14 +446,15 @@ def test_a_retried_record_is_staged_for_its_own_entity_only(system, definition, 
         again = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
     assert "student: retrying 1 record(s) that failed before" in again.log
     assert again.errors.filter(entity="student", source_id="s3", field="grade_level").exists()
-    # Each entity's retries (the student's, and its school enrollment's) went into a table of
-    # that entity's own, never into the file's table the other entities read.
+    # Each entity's retries (the student's, its school enrollment's; the enrollments and the
+    # demographics that failed in the merge for want of the student) went into a table of that
+    # entity's own, never into the file's table the other entities read.
     targets = {
         re.match(r"\s*INSERT INTO (\S+)", q["sql"]).group(1)
         for q in queries.captured_queries
         if "'retry of '" in q["sql"]
     }
     assert targets == {
-        f'sync_stage."r{again.pk}_student_raw"',
-        f'sync_stage."r{again.pk}_enrollment_raw"',
+        f'sync_stage."r{again.pk}_{entity}_raw"'
+        for entity in ("student", "enrollment", "section_enrollment", "student_demographic")
     }
