@@ -401,6 +401,30 @@ class RecordFingerprint(models.Model):
         return f"{self.entity} {self.source_id} -> #{self.hub_id}"
 
 
+class FingerprintMark(models.Model):
+    """The change version below which a definition's fingerprints of one entity are known to
+    match the hub: every hub row of the entity's table in the district written at or below it
+    was written before the fingerprints' last full check (a run that read the whole entity:
+    each fingerprint was then kept, stored again or forgotten).
+
+    Staging then checks only the district's rows written above it against their fingerprints,
+    instead of reading every hub row (benchmark B2's re-run). Moved only by a complete read's
+    merge, in its transaction, to the safe change version its staging saw; a delta leaves most
+    fingerprints unchecked, so it keeps the mark where it was. An older mark is never wrong,
+    only slower. See Stager._keep_unchanged and docs/development/decisions.md.
+    """
+
+    pk = models.CompositePrimaryKey("definition", "entity")
+    definition = models.ForeignKey(
+        SyncDefinition, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    entity = models.CharField(max_length=40)
+    change_version = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.entity} checked to #{self.change_version}"
+
+
 class PushedAction(FieldConstraintErrors, models.Model):
     """A discipline action a bidirectional push sent to the source for a hub incident.
 

@@ -62,7 +62,7 @@ from integrations import entities as ent
 from integrations import transforms
 from integrations.choices import ErrorStatus
 from integrations.connectors.base import ConnectorError, CsvFile, EntityRead, SourceRecord
-from integrations.models import RecordError, RunChange, SyncRun
+from integrations.models import FingerprintMark, RecordError, RunChange, SyncRun
 
 logger = logging.getLogger(__name__)
 
@@ -424,25 +424,57 @@ class Stager:
         # A short wait: past it (another district's long merge in flight), an older safe
         # version is as correct, and at worst sends the merge to its full check.
         seen = safe_change_version(wait_seconds=1.0)
+        mark = (
+            FingerprintMark.objects.filter(definition=self.definition, entity=spec.name)
+            .values_list("change_version", flat=True)
+            .first()
+        )
+        if mark is None:
+            # Each staged row probes the fingerprints, then the district's hub rows.
+            hub = (
+                f"JOIN {q(spec.table)} t ON t.id = s.hub_id "
+                "AND t.change_version = s.hub_change_version AND t.district_id = %(district)s"
+            )
+            changed, unchanged = "", ""
+        else:
+            # Only hub rows written (or deleted) above the mark can differ from their
+            # fingerprints (FingerprintMark): those few are read, not the district's million.
+            hub = ""
+            changed = f"""
+                , changed AS MATERIALIZED (
+                    SELECT t.id, t.change_version AS cv FROM {q(spec.table)} t
+                    WHERE t.change_version > %(mark)s AND t.district_id = %(district)s
+                    UNION ALL
+                    SELECT b.object_id, b.change_version FROM common_tombstone b
+                    WHERE b.table_name = %(table)s AND b.change_version > %(mark)s
+                      AND b.district_id = %(district)s
+                )"""
+            unchanged = (
+                " AND NOT EXISTS (SELECT 1 FROM changed c WHERE c.id = s.hub_id "
+                "AND c.cv <> s.hub_change_version)"
+            )
         with transaction.atomic(), connection.cursor() as cur, hash_joins(cur, rows=staged):
-            # One pass: each staged row probes the fingerprints, then the district's hub rows.
             cur.execute(
                 f"""
                 CREATE UNLOGGED TABLE {kept} AS
                 WITH dups AS MATERIALIZED (
                     SELECT d._sid FROM {fps} d GROUP BY d._sid HAVING count(*) > 1
-                )
+                ){changed}
                 SELECT f._line, f._sid, s.hub_id AS _hub_id, s.hub_change_version AS _cv
                 FROM {fps} f
                 JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
                   AND s.entity = %(entity)s AND s.source_id = f._sid
                   AND s.fingerprint = md5(%(defaults)s || f._fp::text)::uuid
-                JOIN {q(spec.table)} t ON t.id = s.hub_id
-                  AND t.change_version = s.hub_change_version AND t.district_id = %(district)s
+                {hub}
                 WHERE f._line < 2000000000 AND NOT f._deleted
-                  AND NOT EXISTS (SELECT 1 FROM dups WHERE dups._sid = f._sid)
+                  AND NOT EXISTS (SELECT 1 FROM dups WHERE dups._sid = f._sid){unchanged}
                 """,
-                {**self._params(spec.name), "defaults": defaults},
+                {
+                    **self._params(spec.name),
+                    "defaults": defaults,
+                    "mark": mark,
+                    "table": spec.table,
+                },
             )
             count = cur.rowcount
             cur.execute(f"ANALYZE {kept}")
@@ -1321,6 +1353,8 @@ class Merger:
                     else sum(ops.get(op, 0) for op in ("insert", "update", "unchanged"))
                 )
                 self._store_fingerprints(cur, spec, res, removal_ids, p, rows=stored)
+                if st.complete and st.kept_seen is not None:
+                    self._advance_mark(cur, spec, st, p)
             attach_raw(cur, raw=st.raw, joins=st.joins, params=p)
             self._audit(spec, result)
             self._emit(cur, spec, res, result)
@@ -1725,6 +1759,34 @@ class Merger:
                 "AND f.hub_id = ANY(%(removed)s)",
                 {**p, "removed": removal_ids},
             )
+
+    def _advance_mark(self, cur, spec, st: Staged, p) -> None:
+        """After a complete read's merge, every fingerprint of the entity was kept, stored
+        again or forgotten against the hub as staging's safe version saw it: the next run
+        needs to check only the hub rows written above that version (FingerprintMark).
+
+        Except fingerprints of hub rows deleted since the old mark whose record was not in
+        the file either (the district deleted the row by hand; nothing of this run touched
+        its fingerprint): once the mark passes their tombstones, nothing would show them
+        gone, so they are forgotten now, by the tombstones' lineage."""
+        old = (
+            FingerprintMark.objects.filter(definition=self.definition, entity=spec.name)
+            .values_list("change_version", flat=True)
+            .first()
+        )
+        cur.execute(
+            """
+            DELETE FROM integrations_recordfingerprint f USING common_tombstone b
+            WHERE b.table_name = %(table)s AND b.change_version > %(old)s
+              AND b.district_id = %(district)s AND b.source_id <> ''
+              AND f.definition_id = %(definition)s AND f.entity = %(entity)s
+              AND f.source_id = b.source_id AND f.hub_id = b.object_id
+            """,
+            {**p, "table": spec.table, "old": old if old is not None else -1},
+        )
+        FingerprintMark.objects.update_or_create(
+            definition=self.definition, entity=spec.name, defaults={"change_version": st.kept_seen}
+        )
 
     def _check_thresholds(self, spec, result: EntityResult, updates: int, removals: int) -> None:
         d = self.definition

@@ -424,3 +424,83 @@ def test_a_kept_row_deleted_in_the_hub_before_the_merge_is_not_trusted(
     assert "section_enrollment: 1 record(s) skipped as unchanged at staging" in approved.log
     assert ("section_enrollment", gone.source_id) not in fingerprints(definition)
     assert not SectionEnrollment.objects.filter(pk=hub_id).exists()
+
+
+def mark(definition, entity: str) -> int | None:
+    from integrations.models import FingerprintMark
+
+    found = FingerprintMark.objects.filter(definition=definition, entity=entity).first()
+    return found.change_version if found else None
+
+
+def test_a_complete_read_moves_the_mark_and_a_delta_does_not(north, system, media, tmp_path):
+    """Staging checks only hub rows written above the mark (FingerprintMark); a delta leaves
+    most fingerprints unchecked, so only a complete read may move it."""
+    definition = make_definition(north, system)
+    roster = build_roster(students=8)
+    run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    after_first = mark(definition, "student")
+    assert after_first is not None
+    second = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert second.diff["student"]["kept"] == 8
+    after_second = mark(definition, "student")
+    assert after_second > after_first
+    assert after_second >= max(versions(north.district)["student"].values())
+
+    # A hub edit of a record the next delta does not carry: the delta leaves its fingerprint
+    # unchecked, so the mark stays below the edit and the complete file after maps it again.
+    s4 = student(north, "s4")
+    model_update(instance=s4, actor=north.users["district_admin"], data={"first_name": "Hub"})
+    s1 = roster.find("users", "s1")
+    s1["givenName"] = "Delta"
+    delta = build_roster(students=0)
+    delta.files = {
+        "users": [s1],
+        "roles": [r for r in roster.rows("roles") if r["userSourcedId"] == "s1"],
+        "demographics": [],
+    }
+    modes = {"users": "delta", "roles": "delta", "demographics": "delta"}
+    third = run_zip(definition, system, write_zip(tmp_path / "d.zip", delta, modes=modes))
+    assert third.status == RunStatus.SUCCEEDED, third.message
+    assert mark(definition, "student") == after_second
+
+    fourth = run_zip(definition, system, write_zip(tmp_path / "r3.zip", roster))
+    assert fourth.status == RunStatus.SUCCEEDED, fourth.message
+    # (s1 is mapped again too: the delta sent it without its demographics row, so its
+    # fingerprint differs from the complete file's.)
+    assert mapped(fourth, "student") == 2 and fourth.diff["student"]["updated"] == 1
+    s4.refresh_from_db()
+    assert s4.first_name == roster.find("users", "s4")["givenName"]
+    assert mark(definition, "student") > after_second
+
+
+def test_a_row_deleted_by_hand_while_its_record_was_away_is_made_again(
+    north, system, media, tmp_path
+):
+    """A section enrollment deleted in the hub while the file left it out: its fingerprint
+    points at a row that is gone. Once the mark passes the deletion nothing would show it, so
+    the mark's move forgets it, and the record, back in the file, is inserted again."""
+    from bxos.common.services import model_delete
+
+    definition = make_definition(north, system)
+    roster = build_roster(students=8)
+    zipped = write_zip(tmp_path / "r1.zip", roster)
+    run_zip(definition, system, zipped)
+    assert mark(definition, "section_enrollment") is not None
+    gone = SectionEnrollment.objects.filter(district=north.district, source_system=SOURCE).first()
+    model_delete(instance=gone, actor=north.users["district_admin"])
+
+    without = build_roster(students=8)
+    without.files["enrollments"] = [
+        e for e in without.rows("enrollments") if e["sourcedId"] != gone.source_id
+    ]
+    away = run_zip(definition, system, write_zip(tmp_path / "r2.zip", without))
+    assert away.status == RunStatus.SUCCEEDED, away.message
+    assert ("section_enrollment", gone.source_id) not in fingerprints(definition)
+
+    back = run_zip(definition, system, zipped)
+    assert back.status == RunStatus.SUCCEEDED, back.message
+    assert back.diff["section_enrollment"]["created"] == 1
+    assert SectionEnrollment.objects.filter(
+        district=north.district, source_system=SOURCE, source_id=gone.source_id
+    ).exists()
