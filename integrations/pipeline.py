@@ -435,23 +435,34 @@ class Stager:
                 f"JOIN {q(spec.table)} t ON t.id = s.hub_id "
                 "AND t.change_version = s.hub_change_version AND t.district_id = %(district)s"
             )
-            changed, unchanged = "", ""
+            unchanged = ""
         else:
             # Only hub rows written (or deleted) above the mark can differ from their
             # fingerprints (FingerprintMark): those few are read, not the district's million.
+            # A table with statistics, so that the planner hashes them when they are many.
             hub = ""
-            changed = f"""
-                , changed AS MATERIALIZED (
+            changed = self.table_name(spec.name, "_changed")
+            with connection.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {changed}")
+                cur.execute(
+                    f"""
+                    CREATE UNLOGGED TABLE {changed} AS
                     SELECT t.id, t.change_version AS cv FROM {q(spec.table)} t
                     WHERE t.change_version > %(mark)s AND t.district_id = %(district)s
                     UNION ALL
                     SELECT b.object_id, b.change_version FROM common_tombstone b
                     WHERE b.table_name = %(table)s AND b.change_version > %(mark)s
                       AND b.district_id = %(district)s
-                )"""
+                    """,
+                    {"mark": mark, "district": self.run.district_id, "table": spec.table},
+                )
+                written = cur.rowcount
+                cur.execute(f"ANALYZE {changed}")
             unchanged = (
-                " AND NOT EXISTS (SELECT 1 FROM changed c WHERE c.id = s.hub_id "
+                f" AND NOT EXISTS (SELECT 1 FROM {changed} c WHERE c.id = s.hub_id "
                 "AND c.cv <> s.hub_change_version)"
+                if written
+                else ""
             )
         with transaction.atomic(), connection.cursor() as cur, hash_joins(cur, rows=staged):
             cur.execute(
@@ -459,7 +470,7 @@ class Stager:
                 CREATE UNLOGGED TABLE {kept} AS
                 WITH dups AS MATERIALIZED (
                     SELECT d._sid FROM {fps} d GROUP BY d._sid HAVING count(*) > 1
-                ){changed}
+                )
                 SELECT f._line, f._sid, s.hub_id AS _hub_id, s.hub_change_version AS _cv
                 FROM {fps} f
                 JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
@@ -469,12 +480,7 @@ class Stager:
                 WHERE f._line < 2000000000 AND NOT f._deleted
                   AND NOT EXISTS (SELECT 1 FROM dups WHERE dups._sid = f._sid){unchanged}
                 """,
-                {
-                    **self._params(spec.name),
-                    "defaults": defaults,
-                    "mark": mark,
-                    "table": spec.table,
-                },
+                {**self._params(spec.name), "defaults": defaults},
             )
             count = cur.rowcount
             cur.execute(f"ANALYZE {kept}")
@@ -1306,9 +1312,7 @@ class Merger:
             good, bad = cur.fetchone()
             result.read = good + bad
             result.failed = bad
-            result.kept = kept = self._recheck_kept(cur, spec, st, p)
             result.read += st.kept_rows
-            result.unchanged += kept
             self._build_resolved(cur, spec, st, res, p)
             result.failed += self._unresolved_refs(cur, spec, st, res, p)
             if spec.natural_key:
@@ -1334,6 +1338,8 @@ class Merger:
             if self.hold_reasons and not self.approved:
                 # Keep computing the other entities' previews; nothing is applied: the caller
                 # rolls the transaction back.
+                result.kept = self._recheck_kept(cur, spec, st, p)
+                result.unchanged += result.kept
                 result.created = ops.get("insert", 0)
                 result.updated = ops.get("update", 0)
                 result.deleted = len(removal_ids) + ops.get("delete", 0)
@@ -1344,6 +1350,15 @@ class Merger:
             self._link_self_references(cur, spec, res, p)
             result.deleted, failed_d = self._apply_removals(cur, spec, res, removal_ids, p)
             result.failed += failed_u + failed_i + failed_d
+            mark = None
+            if st.fingerprints and st.complete:
+                # Taken after this merge's writes and before the kept records' check and the
+                # fingerprints: every change at or below it is this transaction's or committed,
+                # so both statements below see it (the mark, see _advance_mark). Not remembered
+                # as the horizon: that row would stay locked until this merge commits.
+                mark = safe_change_version(wait_seconds=1.0, remember=False)
+            result.kept = self._recheck_kept(cur, spec, st, p, removal_ids=removal_ids)
+            result.unchanged += result.kept
             if st.fingerprints:
                 # Rows this transaction inserted are in no statistics yet: the planner would
                 # take the district for empty and walk it once per record, so hash always.
@@ -1353,14 +1368,16 @@ class Merger:
                     else sum(ops.get(op, 0) for op in ("insert", "update", "unchanged"))
                 )
                 self._store_fingerprints(cur, spec, res, removal_ids, p, rows=stored)
-                if st.complete and st.kept_seen is not None:
-                    self._advance_mark(cur, spec, st, p)
+                if mark is not None:
+                    self._advance_mark(cur, spec, p, mark)
             attach_raw(cur, raw=st.raw, joins=st.joins, params=p)
             self._audit(spec, result)
             self._emit(cur, spec, res, result)
             cur.execute(f"DROP TABLE IF EXISTS {res}")
         if st.fingerprints:
-            self.log(f"{st.entity}: {kept} record(s) skipped as unchanged since the last run")
+            self.log(
+                f"{st.entity}: {result.kept} record(s) skipped as unchanged since the last run"
+            )
         self.log(
             f"{st.entity}: read {result.read}, created {result.created}, updated "
             f"{result.updated}, unchanged {result.unchanged}, removed {result.deleted}, failed "
@@ -1657,13 +1674,16 @@ class Merger:
             found |= {r[0] for r in cur.fetchall()}
         return found
 
-    def _recheck_kept(self, cur, spec, st: Staged, p) -> int:
+    def _recheck_kept(self, cur, spec, st: Staged, p, *, removal_ids: list[int] = ()) -> int:
         """Of the records staging kept as unchanged, those whose hub row is still as the last
         merge left it (same change version). A hub row edited or removed since staging (while
         the run was held, or by a run in between) is not trusted: its fingerprint is dropped
         so the next run maps the record; this run leaves the row alone (and does not remove
-        it: the source still has the record). Returns the rows still unchanged."""
-        if not st.kept:
+        it: the source still has the record). Returns the rows still unchanged.
+
+        Called after this merge's own writes (``removal_ids``: its removals), which touch no
+        kept record and are left out of the "did anything change" check."""
+        if not st.kept or not st.kept_rows:
             return 0
         table = q(spec.table)
         # The hub's defaults changed since staging (this run merged a new school year): any
@@ -1674,10 +1694,16 @@ class Merger:
             # (by the change-version indexes): no kept record's hub row can have changed.
             cur.execute(
                 f"SELECT EXISTS (SELECT 1 FROM {table} WHERE change_version > %(seen)s "
-                "AND district_id = %(district)s) OR EXISTS (SELECT 1 FROM common_tombstone "
+                "AND district_id = %(district)s AND last_run_id IS DISTINCT FROM %(run)s) "
+                "OR EXISTS (SELECT 1 FROM common_tombstone "
                 "WHERE table_name = %(table)s AND change_version > %(seen)s "
-                "AND district_id = %(district)s)",
-                {**p, "seen": st.kept_seen, "table": spec.table},
+                "AND district_id = %(district)s AND object_id <> ALL(%(removed)s))",
+                {
+                    **p,
+                    "seen": st.kept_seen,
+                    "table": spec.table,
+                    "removed": list(removal_ids),
+                },
             )
             if not cur.fetchone()[0]:
                 return st.kept_rows
@@ -1760,10 +1786,10 @@ class Merger:
                 {**p, "removed": removal_ids},
             )
 
-    def _advance_mark(self, cur, spec, st: Staged, p) -> None:
-        """After a complete read's merge, every fingerprint of the entity was kept, stored
-        again or forgotten against the hub as staging's safe version saw it: the next run
-        needs to check only the hub rows written above that version (FingerprintMark).
+    def _advance_mark(self, cur, spec, p, mark: int) -> None:
+        """After a complete read's merge, every fingerprint of the entity was kept (and
+        checked), stored again or forgotten against the hub as of ``mark``: the next run
+        needs to check only the hub rows written above it (FingerprintMark).
 
         Except fingerprints of hub rows deleted since the old mark whose record was not in
         the file either (the district deleted the row by hand; nothing of this run touched
@@ -1785,7 +1811,7 @@ class Merger:
             {**p, "table": spec.table, "old": old if old is not None else -1},
         )
         FingerprintMark.objects.update_or_create(
-            definition=self.definition, entity=spec.name, defaults={"change_version": st.kept_seen}
+            definition=self.definition, entity=spec.name, defaults={"change_version": mark}
         )
 
     def _check_thresholds(self, spec, result: EntityResult, updates: int, removals: int) -> None:

@@ -139,7 +139,7 @@ def other_writers(cursor) -> list[tuple]:
     return cursor.fetchall()
 
 
-def safe_change_version(wait_seconds: float = 5.0) -> int:
+def safe_change_version(wait_seconds: float = 5.0, *, remember: bool = True) -> int:
     """The newest change version below which every change is committed and visible.
 
     ``current_change_version()`` is not safe as a change feed's upper bound: a writer may have
@@ -150,6 +150,10 @@ def safe_change_version(wait_seconds: float = 5.0) -> int:
     no wait. If those transactions outlast ``wait_seconds`` (a long sync merge), the last safe
     version any process found is returned: older, never wrong, and logged with the sessions
     that held it back.
+
+    ``remember=False`` inside a long transaction (a sync merge): the version found is not
+    recorded as that last safe version, whose row would stay locked until the transaction
+    ends and make every other caller wait for it.
     """
     import time as _time
 
@@ -182,6 +186,8 @@ def safe_change_version(wait_seconds: float = 5.0) -> int:
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute(in_flight_sql + " AND backend_xid = ANY(%s::xid[])", [waiting])
             waiting = cursor.fetchone()[0]
+        if not remember:
+            return version
         cursor.execute(
             "INSERT INTO bxos_change_horizon (id, safe_version) VALUES (1, %s) "
             "ON CONFLICT (id) DO UPDATE SET safe_version = "

@@ -504,3 +504,34 @@ def test_a_row_deleted_by_hand_while_its_record_was_away_is_made_again(
     assert SectionEnrollment.objects.filter(
         district=north.district, source_system=SOURCE, source_id=gone.source_id
     ).exists()
+
+
+def test_after_a_complete_run_staging_reads_only_the_hub_rows_written_since(
+    north, system, media, tmp_path
+):
+    """The mark is taken after the merge's own writes: the next run's kept statement does not
+    join the hub table, and it checks only what was written since (here, one edit)."""
+    from django.test.utils import CaptureQueriesContext
+
+    definition = make_definition(north, system)
+    roster = build_roster(students=8)
+    zipped = write_zip(tmp_path / "r1.zip", roster)
+    run_zip(definition, system, zipped)
+    s5 = student(north, "s5")
+    model_update(instance=s5, actor=north.users["district_admin"], data={"first_name": "Hub"})
+
+    with CaptureQueriesContext(connection) as queries:
+        again = run_zip(definition, system, zipped)
+    assert again.diff["student"]["kept"] == 7 and again.diff["student"]["updated"] == 1
+
+    def kept_statement(entity: str) -> str:
+        found = [q["sql"] for q in queries.captured_queries if f'_{entity}_kept" AS' in q["sql"]]
+        assert len(found) == 1
+        return found[0]
+
+    # Students: one row written since the mark, checked against its fingerprint; section
+    # enrollments: none, so nothing of the hub is read at all.
+    assert '"schools_student"' not in kept_statement("student")
+    assert f'r{again.pk}_student_changed"' in kept_statement("student")
+    assert "_changed" not in kept_statement("section_enrollment")
+    assert '"schools_sectionenrollment"' not in kept_statement("section_enrollment")
