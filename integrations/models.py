@@ -376,9 +376,9 @@ class RecordFingerprint(models.Model):
     """What a definition's last successful merge of one source record looked like, so the next
     run can skip mapping a record that cannot have changed (benchmark B2's re-run).
 
-    ``fingerprint`` is the md5 of the mapping's signature (rules, crosswalks, read settings)
-    plus the record's raw text and the text of the rows joined to it; ``hub_id`` and
-    ``hub_change_version`` name the hub row the merge left. A record is skipped only while
+    ``fingerprint`` is a 64-bit hash of the mapping's signature (rules, crosswalks, read
+    settings) plus the record's raw text and the text of the rows joined to it; ``hub_id``
+    and ``hub_change_version`` name the hub row the merge left. A record is skipped only while
     both still hold: any hub-side write (an edit, a rollback's restore, a removal) changes the
     row's change version, so the record is mapped and compared again.
 
@@ -393,7 +393,9 @@ class RecordFingerprint(models.Model):
     )
     entity = models.CharField(max_length=40)
     source_id = models.CharField(max_length=255)
-    fingerprint = models.UUIDField(help_text="md5 of the signature, row and joined rows.")
+    fingerprint = models.BigIntegerField(
+        help_text="64-bit hash of the signature, row and joined rows (see pipeline)."
+    )
     hub_id = models.BigIntegerField()
     hub_change_version = models.BigIntegerField()
 
