@@ -53,7 +53,6 @@ import psycopg
 from auditlog.models import LogEntry
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
 from psycopg import sql as psql
 
 from bxos.common import events
@@ -261,6 +260,10 @@ class Staged:
     # A CSV read's joined files: (staging table, key, from_field, file name). The merge keeps
     # a failed record's joined rows with its error too (see attach_raw).
     joins: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # The key of a record's source id in the raw rows its errors keep, as this read has them
+    # (a CSV column, or ``_sid`` for API records and files the zip left out): only errors
+    # keeping it could be retried by this run (see errors_superseded).
+    retry_key: str | None = None
 
     def to_json(self) -> dict:
         """Every field, for ``SyncRun.staging``: a held run is merged later from this, so it
@@ -356,6 +359,7 @@ class Stager:
             kept_seen=kept[3] if kept else None,
             kept_rows=kept_rows,
             joins=self._join_refs(read),
+            retry_key="_sid" if read.csv is None else read.id_field,
         )
 
     # -- skipping records unchanged since the last run
@@ -2284,23 +2288,37 @@ def attach_raw(cur, *, raw: str, joins: list[tuple[str, str, str, str]], params:
 
 
 def errors_superseded(run: SyncRun, staged: list[Staged]) -> None:
-    """Open errors of earlier runs of this definition were retried by this run: a record that
-    failed again has a new open error from this run.
+    """Open errors of earlier runs of this definition that this run retried, or whose record
+    it read again, are closed as retried: a record that failed again has a new open error
+    from this run.
 
-    A row that could not be parsed (``_row``: a wrong number of fields) was not retried, having
-    no fields to retry: its error stays open until a complete file of its entity is read
+    Only errors this run could retry: those keeping the record's source id under the key its
+    read of the entity has (a student that failed from users.csv cannot be retried by a zip
+    that leaves users.csv out, and stays open for the next one that has it). A row that could
+    not be parsed (``_row``: a wrong number of fields) or had no source id was not retried
+    either; its error stays open until a complete read of its entity reads the whole file
     again, since a delta may never send the row again.
     """
-    earlier = RecordError.objects.filter(
-        definition_id=run.definition_id,
-        status=ErrorStatus.OPEN,
-        entity__in=[s.entity for s in staged],
-        raw__isnull=False,
-    ).exclude(run=run)
-    complete = [s.entity for s in staged if s.complete]
-    earlier.filter(~Q(raw__has_key="_row") | Q(entity__in=complete)).update(
-        status=ErrorStatus.RETRIED
-    )
+    with connection.cursor() as cur:
+        for item in staged:
+            retryable = "raw ->> %(key)s IS NOT NULL" if item.retry_key else "true"
+            cur.execute(
+                f"""
+                UPDATE integrations_recorderror SET status = %(retried)s
+                WHERE definition_id = %(definition)s AND entity = %(entity)s
+                  AND status = %(open)s AND run_id <> %(run)s AND raw IS NOT NULL
+                  AND ({retryable} OR %(complete)s)
+                """,
+                {
+                    "retried": ErrorStatus.RETRIED,
+                    "open": ErrorStatus.OPEN,
+                    "definition": run.definition_id,
+                    "entity": item.entity,
+                    "run": run.pk,
+                    "key": item.retry_key,
+                    "complete": item.complete,
+                },
+            )
 
 
 def forget_older_images(run: SyncRun) -> None:

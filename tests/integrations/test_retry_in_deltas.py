@@ -161,3 +161,35 @@ def test_a_malformed_row_is_not_retried_as_an_empty_record(north, system, tmp_pa
     third = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
     assert third.status == RunStatus.SUCCEEDED, [e.reason for e in third.errors.all()]
     assert RecordError.objects.get(pk=err.pk).status == ErrorStatus.RETRIED
+
+
+def test_an_error_stays_open_through_a_delta_without_its_file(north, system, tmp_path):
+    """A delta without users.csv cannot retry a student that failed from users.csv: the error
+    stays open (not closed as retried) and the next delta with users.csv retries it."""
+    definition = csv_definition(north, system, entities=ENTITIES)
+    roster = build_roster(students=4)
+    run_zip(definition, system, write_zip(tmp_path / "full.zip", roster))
+    s2 = roster.find("users", "s2")
+    s2["grades"] = "13"
+    first = run_zip(
+        definition, system, write_zip(tmp_path / "d1.zip", delta_of(roster, [s2]), modes=DELTA)
+    )
+    err = first.errors.get(entity="student", source_id="s2")
+
+    only_enrollments = build_roster(students=0)
+    only_enrollments.files = {"enrollments": roster.rows("enrollments")[:1]}
+    second = run_zip(
+        definition,
+        system,
+        write_zip(tmp_path / "d2.zip", only_enrollments, modes={"enrollments": "delta"}),
+    )
+    assert second.status == RunStatus.SUCCEEDED, [e.reason for e in second.errors.all()]
+    assert RecordError.objects.get(pk=err.pk).status == ErrorStatus.OPEN
+
+    s1 = roster.find("users", "s1")
+    third = run_zip(
+        definition, system, write_zip(tmp_path / "d3.zip", delta_of(roster, [s1]), modes=DELTA)
+    )
+    assert "student: retrying 1 record(s) that failed before" in third.log
+    assert third.errors.filter(entity="student", source_id="s2", field="grade_level").exists()
+    assert RecordError.objects.get(pk=err.pk).status == ErrorStatus.RETRIED
