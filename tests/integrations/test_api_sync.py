@@ -118,6 +118,16 @@ def test_an_incremental_pull_while_the_source_changes_misses_nothing(north, syst
     # first run could not see is created, and its retried records now go in.
     assert (second.diff["student"]["updated"], second.diff["student"]["created"]) == (1, 1)
     assert second.read_count < first.read_count
+    # Those retried records are the failed section enrollments of the student the first run
+    # could not see: unchanged in the source, so this incremental pull does not read them
+    # again; they come back from their errors.
+    failed_enrollments = {e.source_id for e in first.errors.filter(entity="section_enrollment")}
+    assert failed_enrollments
+    assert failed_enrollments <= set(
+        SectionEnrollment.objects.filter(
+            district=north.district, student__source_id=changed["last"]
+        ).values_list("source_id", flat=True)
+    )
 
     # A third run with nothing new changes nothing.
     roster.clock.advance(60)
