@@ -788,7 +788,13 @@ class Stager:
         Re-added rows get line numbers above 2,000,000,000 and a file name saying where they
         came from, so their errors cannot be confused with this run's rows. A row that could
         not be parsed has no source id and is not re-added (see errors_superseded).
+
+        Not into a complete read (a bulk file, a full pull): it holds every record the source
+        has, so a failed record is in it again or was removed in the source, and re-adding it
+        would bring back what the source deleted.
         """
+        if read.complete:
+            return raw
         id_col = "_sid" if read.csv is None else read.id_field
         pending = RecordError.objects.filter(
             definition=self.definition,

@@ -439,16 +439,19 @@ def test_a_retried_record_is_staged_for_its_own_entity_only(system, definition, 
     roster.find("users", "s3")["grades"] = "13"
     first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
     assert first.errors.filter(entity="student", source_id="s3").exists()
-    # The source leaves s3 out of users.csv this time (its role and enrollments stay).
+    # A delta of users.csv that leaves s3 out (a delta only retries: a bulk file has every
+    # record the source has, so a record it leaves out was removed).
     roster.files["users"] = [r for r in roster.rows("users") if r["sourcedId"] != "s3"]
+    modes = {"users": "delta", "roles": "delta", "demographics": "delta"}
 
     with CaptureQueriesContext(connection) as queries:
-        again = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+        again = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster, modes=modes))
     assert "student: retrying 1 record(s) that failed before" in again.log
     assert again.errors.filter(entity="student", source_id="s3", field="grade_level").exists()
-    # Each entity's retries (the student's, its school enrollment's; the enrollments and the
-    # demographics that failed in the merge for want of the student) went into a table of that
-    # entity's own, never into the file's table the other entities read.
+    # Each entity's retries (the student's, its school enrollment's; its demographics, which
+    # failed in the merge for want of the student) went into a table of that entity's own,
+    # never into the file's table the other entities read. The section enrollments' file is
+    # bulk: nothing is retried into it.
     targets = {
         re.match(r"\s*INSERT INTO (\S+)", q["sql"]).group(1)
         for q in queries.captured_queries
@@ -456,5 +459,5 @@ def test_a_retried_record_is_staged_for_its_own_entity_only(system, definition, 
     }
     assert targets == {
         f'sync_stage."r{again.pk}_{entity}_raw"'
-        for entity in ("student", "enrollment", "section_enrollment", "student_demographic")
+        for entity in ("student", "enrollment", "student_demographic")
     }

@@ -193,3 +193,35 @@ def test_an_error_stays_open_through_a_delta_without_its_file(north, system, tmp
     assert "student: retrying 1 record(s) that failed before" in third.log
     assert third.errors.filter(entity="student", source_id="s2", field="grade_level").exists()
     assert RecordError.objects.get(pk=err.pk).status == ErrorStatus.RETRIED
+
+
+def test_a_complete_file_does_not_bring_back_a_failed_record_it_left_out(north, system, tmp_path):
+    """A bulk file holds every record the source has: a record that failed before and is not
+    in it was removed in the source. It is not retried (that would create it), and its
+    errors are closed."""
+    definition = csv_definition(north, system, entities=ENTITIES)
+    roster = build_roster(students=4)
+    run_zip(definition, system, write_zip(tmp_path / "full.zip", roster))
+    with_new = build_roster(students=4)
+    with_new.add_user(
+        "s900",
+        "student",
+        "sch0",
+        givenName="Nova",
+        familyName="Gone",
+        identifier="900900",
+        grades="13",
+        username="s900",
+    )
+    with_new.rows("demographics").append(
+        {**with_new.find("demographics", "s0"), "sourcedId": "s900"}
+    )
+    first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", with_new))
+    assert first.errors.filter(entity="student", source_id="s900").exists()
+
+    # The source deleted s900: the next complete file does not have it.
+    second = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert second.status == RunStatus.SUCCEEDED, [e.reason for e in second.errors.all()]
+    assert "retrying" not in second.log
+    assert not Student.objects.filter(district=north.district, source_id="s900").exists()
+    assert not open_errors(definition, "s900").exists()
