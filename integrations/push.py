@@ -777,11 +777,19 @@ class _Push:
         removed_at = self._removed_at(c, record)
         dismissed_at = self.dismissed.get(record.source_id)
         if dismissed_at and removed_at <= dismissed_at:
+            # The admin let the source keep it: the source's own from now on, as when the
+            # source wins a conflict over the removal. Forgotten, so no later push deletes it
+            # or reports it skipped again.
             self.skips["an admin dismissed the error of removing its discipline action"].append(
                 c.incident.pk
             )
             self.stats.skipped += 1
             self.stats.sample("skipped", c.incident.pk, record.source_id, "push error dismissed")
+            self.log_action(
+                f"incident #{c.incident.pk}: its discipline action {record.source_id} is kept "
+                "in the source as its own (an admin dismissed the error of removing it)"
+            )
+            pushed_actions_forget(records=[record], actor=self.actor)
             return
         item = self.connector.fetch_action(record.key)
         if item is None:

@@ -11,7 +11,7 @@ definition's policy as an incident delete is.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, time
 from decimal import Decimal
 
 import pytest
@@ -260,6 +260,43 @@ def test_a_refused_delete_is_a_record_error_retried_next_run(north, system, peer
     quiet = sync(definition, system)
     assert pushed(quiet)["actions_deleted"] == 0 and pushed(quiet)["failed"] == 0
     assert not action_writes(peer, mark)
+
+
+def test_a_dismissed_removal_error_leaves_the_action_to_the_source(north, system, peer):
+    """Dismissing the error of a refused delete is the admin saying "let the source keep it":
+    the action becomes the source's own (its record is forgotten), so no later push deletes
+    it or reports it skipped again."""
+    from integrations import services
+
+    definition, incident, action = pushed_with_action(north, system, peer)
+    remove(action, system)
+    peer.force(
+        409,
+        body={"type": "urn:ed-fi:api:conflict:dependent-item-exists", "title": "Dependent Item "
+              "Exists", "detail": "referenced by an existing item"},
+        match=ACTIONS + "/",
+    )  # fmt: skip
+    refused = sync(definition, system)
+    assert pushed(refused)["failed"] == 1
+    assert services.record_errors_dismiss(errors=refused.errors.all(), actor=system) == 1
+
+    mark = len(peer.requests)
+    after = sync(definition, system)
+    assert after.status == RunStatus.SUCCEEDED, after.message
+    assert pushed(after)["skipped"] == 1 and pushed(after)["actions_deleted"] == 0
+    assert "kept in the source as its own" in after.log
+    assert not action_writes(peer, mark)
+    assert len(bx_actions(peer, incident)) == 1
+    assert not PushedAction.objects.filter(integration=definition.integration).exists()
+
+    # The incident changes later: the action stays the source's, untouched and unreported.
+    model_update(instance=fresh(incident), actor=system, data={"occurred_at": time(15, 20)})
+    mark = len(peer.requests)
+    later = sync(definition, system)
+    assert later.status == RunStatus.SUCCEEDED, later.message
+    assert pushed(later)["skipped"] == 0 and pushed(later)["actions_deleted"] == 0
+    assert not action_writes(peer, mark)
+    assert len(bx_actions(peer, incident)) == 1
 
 
 def test_an_action_already_gone_from_the_source_needs_nothing(north, system, peer):
