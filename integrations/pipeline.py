@@ -27,10 +27,9 @@ costs a handful of statements, not a million round trips (benchmark B2):
 
 Between 1 and 2, records unchanged since the definition's last merge are *kept*: each staged
 row gets a fingerprint (a 64-bit hash of the mapping's signature, its own text and its
-joined rows'),
-and a row whose fingerprint and hub row (same change version) are as the last merge stored
-them is neither mapped, validated nor merged; it counts as unchanged, and as present for
-removals. The merge re-checks kept rows' hub rows in its transaction and stores the
+joined rows'), and a row whose fingerprint and hub row (same change version) are as the last
+merge stored them is neither mapped, validated nor merged; it counts as unchanged, and as
+present for removals. The merge re-checks kept rows' hub rows in its transaction and stores the
 fingerprints of what it left (``RecordFingerprint``). Not for effective-dated entities or
 exploded lists (see :func:`fingerprinted`).
 """
@@ -97,8 +96,7 @@ def hub_defaults(spec: ent.EntitySpec, district_id: int) -> str:
     """md5 of the values the merge fills in for fields a record leaves empty (today's school
     year, its start): they come from the hub, not the record, so a fingerprint holds only
     while they are the same. Stored fingerprints are the hash of (this || the record's
-    fingerprint),
-    with this as the merge that stored them saw it."""
+    fingerprint), with this as the merge that stored them saw it."""
     defaults = [t for t in spec.targets if t.default_sql]
     values: list = []
     if defaults:
