@@ -232,12 +232,7 @@ def test_the_next_action_takes_the_place_of_a_removed_first_one(north, system, p
 def test_a_refused_delete_is_a_record_error_retried_next_run(north, system, peer):
     definition, incident, action = pushed_with_action(north, system, peer)
     tomb = remove(action, system)
-    peer.force(
-        409,
-        body={"type": "urn:ed-fi:api:conflict:dependent-item-exists", "title": "Dependent Item "
-              "Exists", "detail": "referenced by an existing item"},
-        match=ACTIONS + "/",
-    )  # fmt: skip
+    peer.refuse_as_referenced(ACTIONS + "/")
     run = sync(definition, system)
     assert run.status == RunStatus.PARTIAL, run.message
     assert pushed(run)["failed"] == 1 and pushed(run)["actions_deleted"] == 0
@@ -270,12 +265,7 @@ def test_a_dismissed_removal_error_leaves_the_action_to_the_source(north, system
 
     definition, incident, action = pushed_with_action(north, system, peer)
     remove(action, system)
-    peer.force(
-        409,
-        body={"type": "urn:ed-fi:api:conflict:dependent-item-exists", "title": "Dependent Item "
-              "Exists", "detail": "referenced by an existing item"},
-        match=ACTIONS + "/",
-    )  # fmt: skip
+    peer.refuse_as_referenced(ACTIONS + "/")
     refused = sync(definition, system)
     assert pushed(refused)["failed"] == 1
     assert services.record_errors_dismiss(errors=refused.errors.all(), actor=system) == 1

@@ -169,12 +169,7 @@ def test_a_refused_replacement_posts_nothing_and_is_retried(north, system, peer)
         actor=system,
         data={"start_date": date(2026, 10, 6)},
     )
-    peer.force(
-        409,
-        body={"type": "urn:ed-fi:api:conflict:dependent-item-exists", "title": "Dependent Item "
-              "Exists", "detail": "referenced by an existing item"},
-        match=ACTIONS + "/",
-    )  # fmt: skip
+    peer.refuse_as_referenced(ACTIONS + "/")
     run = sync(definition, system)
     assert run.status == RunStatus.PARTIAL, run.message
     [error] = RecordError.objects.filter(run=run)

@@ -318,12 +318,7 @@ def test_a_delete_of_an_incident_the_source_changed_follows_the_policy(north, sy
 def test_a_refused_delete_is_retried_and_an_already_gone_one_is_no_error(north, system, peer):
     definition, incident = pushed_incident(north, system, peer)
     model_delete(instance=fresh(incident), actor=system)
-    peer.force(
-        409,
-        body={"type": "urn:ed-fi:api:conflict:dependent-item-exists", "title": "Dependent Item "
-              "Exists", "detail": "referenced by an existing Grade item"},
-        match=INCIDENTS + "/",
-    )  # fmt: skip
+    peer.refuse_as_referenced(INCIDENTS + "/", by="an existing Grade item")
     run = sync(definition, system)
     assert run.status == RunStatus.PARTIAL
     assert pushed(run)["failed"] == 1 and pushed(run)["pushed_deleted"] == 0

@@ -13,19 +13,8 @@ from integrations.choices import ErrorStatus, RunStatus
 from integrations.models import RecordError
 from integrations.sample import build_roster, write_zip
 from tests.integrations.csv_sync import SOURCE, csv_definition, run_zip
+from tests.integrations.test_oneroster_csv_sync import ENTITIES
 
-ENTITIES = [
-    "school",
-    "academic_session",
-    "staff",
-    "student",
-    "guardian",
-    "student_guardian",
-    "enrollment",
-    "student_demographic",
-    "section",
-    "section_enrollment",
-]
 DELTA = {"users": "delta", "roles": "delta", "demographics": "delta", "enrollments": "delta"}
 
 

@@ -370,6 +370,19 @@ class EdFiPeer:
         with self._lock:
             self.forced.append(Forced(status, body, headers or {}, match))
 
+    def refuse_as_referenced(self, match: str, *, by: str = "an existing item") -> None:
+        """Answer the next request whose path contains ``match`` as Ed-Fi refuses to delete a
+        resource another one still refers to: 409, dependent-item-exists."""
+        self.force(
+            409,
+            body={
+                "type": "urn:ed-fi:api:conflict:dependent-item-exists",
+                "title": "Dependent Item Exists",
+                "detail": f"referenced by {by}",
+            },
+            match=match,
+        )
+
     def after_page(self, resource: str, page: int, action: Callable[[EdFiPeer], None]) -> None:
         """Run ``action(peer)`` right after the ``page``-th GET of ``resource``'s collection
         (1-based, counting from now) has been answered, before the client asks for the next."""
