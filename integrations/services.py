@@ -578,6 +578,11 @@ def _read_and_stage(run, connector, stager, progress, log) -> list[pipeline.Stag
     integration = definition.integration
     if run.upload and hasattr(connector, "use_upload"):
         connector.use_upload(run.upload.path)
+    elif run.trigger == RunTrigger.RETRY and hasattr(connector, "retry_only"):
+        # A file source has nothing new to read for a re-run of failed records (an upload
+        # integration has no zip at all): only the records that failed are retried.
+        connector.retry_only()
+        log("re-run of failed records: no new file is read; the failed records are retried")
     mode = run.mode
     if mode == SyncMode.INCREMENTAL and not definition.cursor:
         log("no cursor yet: this first incremental run reads everything")
@@ -1072,7 +1077,9 @@ def _undo(run: SyncRun, *, actor, progress, log) -> dict[str, int]:
 
 
 def run_rerun_failed(*, run: SyncRun, actor) -> SyncRun:
-    """Start a run that reads the source again and retries the failed records of ``run``."""
+    """Start a run that retries the failed records of ``run`` (and every other open error of
+    its definition). A file source reads nothing new (``retry_only``); an API source reads
+    again from its cursor, and its failed records are retried alongside."""
     if not RecordError.objects.filter(run=run, status=ErrorStatus.OPEN).exists():
         raise ValidationError("This run has no open record errors to retry.")
     return run_start(definition=run.definition, actor=actor, trigger=RunTrigger.RETRY)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import shutil
 import ssl
 import tempfile
@@ -257,6 +258,25 @@ class OneRosterCsvConnector(Connector):
 
     def use_upload(self, path: str | Path) -> None:
         self._upload = Path(path)
+
+    def retry_only(self) -> None:
+        """Read nothing new: every file an empty delta (its header only). For the admin's
+        "Re-run failed records" with no zip: each entity's read is incomplete and carries no
+        record, so the pipeline adds back the records that failed before, with the rows of
+        roles.csv and demographics.csv they were read with, and nothing else changes (an
+        empty delta removes nothing)."""
+        target = self._workdir() / "retry-only.zip"
+        manifest = [
+            ["propertyName", "value"],
+            ["manifest.version", "1.0"],
+            ["oneroster.version", "1.2"],
+            *([f"file.{name}", "delta"] for name in COLUMNS),
+        ]
+        with zipfile.ZipFile(target, "w") as zf:
+            zf.writestr("manifest.csv", _csv_text(manifest))
+            for name, header in COLUMNS.items():
+                zf.writestr(f"{name}.csv", _csv_text([header]))
+        self._upload = target
 
     def _folder(self) -> Path:
         folder = Path(self.params.get("folder") or "")
@@ -529,6 +549,12 @@ class OneRosterCsvConnector(Connector):
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
 
 
 def _has_c1_controls(path: Path) -> bool:

@@ -214,3 +214,64 @@ def test_a_complete_file_does_not_bring_back_a_failed_record_it_left_out(north, 
     assert "retrying" not in second.log
     assert not Student.objects.filter(district=north.district, source_id="s900").exists()
     assert not open_errors(definition, "s900").exists()
+
+
+def test_re_running_failed_records_of_an_upload_integration_needs_no_zip(north, system, tmp_path):
+    """The admin's "Re-run failed records" on an uploaded-zip integration: no new zip, so
+    only the failed records are retried (with the role and demographics they came with),
+    here after the admin fixed the mapping that refused them; nothing else changes."""
+    from integrations import services
+    from tests.integrations.csv_sync import snapshot
+
+    definition = csv_definition(north, system, entities=ENTITIES)
+    roster = build_roster(students=4)
+    roster.add_user(
+        "s900", "student", "sch0", givenName="Nova", familyName="Late", identifier="900900",
+        grades="13", username="s900",
+    )  # fmt: skip
+    roster.rows("demographics").append({**roster.find("demographics", "s0"), "sourcedId": "s900"})
+    enrollment = {**roster.rows("enrollments")[-1]}
+    enrollment.update(
+        sourcedId="e_c0_0_s900", classSourcedId="c0_0", schoolSourcedId="sch0", userSourcedId="s900"
+    )
+    roster.rows("enrollments").append(enrollment)
+    first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    assert first.status == RunStatus.PARTIAL
+    assert {("student", "s900"), ("section_enrollment", "e_c0_0_s900")} <= {
+        (e.entity, e.source_id) for e in first.errors.all()
+    }
+    before = snapshot(north.district)
+
+    # The district's SIS uses 13 for a fifth year; the admin maps it to 12 (the student's
+    # grade, and its school enrollment's).
+    integration = definition.integration
+    for entity in ("student", "enrollment"):
+        rules, _version = services.current_rules(integration, entity)
+        for rule in rules:
+            if rule["target"] == "grade_level":
+                rule["transforms"] = [
+                    {"op": "replace", "pattern": "^13$", "replacement": "12"},
+                    *rule.get("transforms", []),
+                ]
+        services.mapping_save(integration=integration, entity=entity, rules=rules, actor=system)
+
+    retry = services.run_execute(
+        run=services.run_rerun_failed(run=first, actor=system), actor=system
+    )
+    assert retry.status == RunStatus.SUCCEEDED, (
+        retry.message,
+        [e.reason for e in retry.errors.all()],
+    )
+    assert "re-run of failed records: no new file is read" in retry.log
+    student = Student.objects.get(district=north.district, source_id="s900")
+    assert student.grade_level == "12"
+    assert SectionEnrollment.objects.filter(source_id="e_c0_0_s900", student=student).exists()
+    assert not open_errors(definition, "s900").exists()
+    assert not open_errors(definition, "e_c0_0_s900").exists()
+    # Nothing but the retried records changed.
+    after = snapshot(north.district)
+    added = {model: sorted(set(after[model]) - set(before[model])) for model in after}
+    assert {model: len(rows) for model, rows in added.items()} == {
+        "Student": 1, "Enrollment": 1, "SectionEnrollment": 1, "StudentDemographic": 1,
+    }  # fmt: skip
+    assert all(set(before[model]) <= set(after[model]) for model in before)
