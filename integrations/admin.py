@@ -1471,8 +1471,10 @@ class SyncRunAdmin(_ReadOnlyGated):
             action=services.run_rerun_failed,
             title="Re-run failed records",
             intro=lambda run: (
-                "A new run reads the source again and retries the records that "
-                f"failed in run #{run.pk} (open errors; dismissed ones are not retried)."
+                f"A new run retries the records that failed in run #{run.pk} and the "
+                "definition's other open errors (dismissed ones are not retried). A file "
+                "source reads no new file, so nothing else changes; an API source also reads "
+                "what changed since its last run."
             ),
             submit="Start the re-run",
             done=lambda run: f"Run #{run.pk} is queued to retry the failed records.",
