@@ -44,7 +44,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -158,6 +158,21 @@ def fingerprinted(spec: ent.EntitySpec, read: EntityRead) -> bool:
     (section enrollments), and skipping them would need per-item bookkeeping.
     """
     return not spec.effective_dated and not read.explode
+
+
+def fingerprint_mark(definition, entity: str) -> int | None:
+    """The definition's FingerprintMark of ``entity``, if a complete read has set one."""
+    return (
+        FingerprintMark.objects.filter(definition=definition, entity=entity)
+        .values_list("change_version", flat=True)
+        .first()
+    )
+
+
+def _retry_key(read: EntityRead) -> str:
+    """Where a record's source id is in the raw rows its errors keep: the CSV column holding
+    it, or ``_sid`` for records handed over by an API (and files a zip left out)."""
+    return "_sid" if read.csv is None else read.id_field
 
 
 class Held(Exception):
@@ -357,7 +372,7 @@ class Stager:
             kept_seen=kept[3] if kept else None,
             kept_rows=kept_rows,
             joins=self._join_refs(read),
-            retry_key="_sid" if read.csv is None else read.id_field,
+            retry_key=_retry_key(read),
         )
 
     # -- skipping records unchanged since the last run
@@ -433,11 +448,7 @@ class Stager:
         # A short wait: past it (another district's long merge in flight), an older safe
         # version is as correct, and at worst sends the merge to its full check.
         seen = safe_change_version(wait_seconds=1.0)
-        mark = (
-            FingerprintMark.objects.filter(definition=self.definition, entity=spec.name)
-            .values_list("change_version", flat=True)
-            .first()
-        )
+        mark = fingerprint_mark(self.definition, spec.name)
         if mark is None:
             # Each staged row probes the fingerprints, then the district's hub rows.
             hub = (
@@ -793,7 +804,7 @@ class Stager:
         """
         if read.complete:
             return raw
-        id_col = "_sid" if read.csv is None else read.id_field
+        id_col = _retry_key(read)
         pending = RecordError.objects.filter(
             definition=self.definition,
             entity=entity,
@@ -818,13 +829,8 @@ class Stager:
             ORDER BY raw ->> %(id_col)s, id DESC
         """
         params = {**self._params(entity), "id_col": id_col}
+        cols = self._raw_columns(raw)
         with connection.cursor() as cur:
-            cur.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                "AND NOT attisdropped AND attname NOT IN ('_line', '_file')",
-                [raw],
-            )
-            cols = [r[0] for r in cur.fetchall()]
             has_file = read.csv is None
             if not has_file:
                 cur.execute(f"ALTER TABLE {raw} ADD COLUMN IF NOT EXISTS _file text")
@@ -1689,7 +1695,7 @@ class Merger:
             found |= {r[0] for r in cur.fetchall()}
         return found
 
-    def _recheck_kept(self, cur, spec, st: Staged, p, *, removal_ids: list[int] = ()) -> int:
+    def _recheck_kept(self, cur, spec, st: Staged, p, *, removal_ids: Sequence[int] = ()) -> int:
         """Of the records staging kept as unchanged, those whose hub row is still as the last
         merge left it (same change version). A hub row edited or removed since staging (while
         the run was held, or by a run in between) is not trusted: its fingerprint is dropped
@@ -1811,11 +1817,7 @@ class Merger:
         the file either (the district deleted the row by hand; nothing of this run touched
         its fingerprint): once the mark passes their tombstones, nothing would show them
         gone, so they are forgotten now, by the tombstones' lineage."""
-        old = (
-            FingerprintMark.objects.filter(definition=self.definition, entity=spec.name)
-            .values_list("change_version", flat=True)
-            .first()
-        )
+        old = fingerprint_mark(self.definition, spec.name)
         cur.execute(
             """
             DELETE FROM integrations_recordfingerprint f USING common_tombstone b
