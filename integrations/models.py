@@ -434,10 +434,18 @@ class PushedAction(FieldConstraintErrors, models.Model):
     (another date, another student, entered by the district in the SIS), and the push must
     never delete those. A removal in the hub is carried to the source only for the actions
     recorded here, found by their natural key (``identifier``, ``student``, ``action_date``:
-    the Ed-Fi disciplineAction key). Written when a POST of an action succeeds, replaced when a
-    new date or student replaces the action, deleted when the action is deleted in the source
-    (or the source keeps it under the conflict policy: it is the source's then). See
-    integrations/push.py.
+    the Ed-Fi disciplineAction key). Replaced when a new date or student replaces the action,
+    deleted when the action is deleted in the source (or the source keeps it under the conflict
+    policy: it is the source's then). See integrations/push.py.
+
+    Written ahead: the record is committed *before* the POST that sends the action, pending
+    (``sent_at`` null), and confirmed (``sent_at`` set) when the source accepted it, or deleted
+    again when the connector reports it sent nothing. A worker that dies between the source
+    accepting the POST and the confirmation leaves a pending record, never none: a pending
+    record is taken as possibly sent, so a later push sends the same natural key again (an
+    upsert) and confirms it, or deletes the action in the source when the hub removed it (a
+    404 there: gone already, or never sent). A pending record has no ``resource_id``: that is
+    the source's answer, which it has not had.
 
     ``incident_id`` and ``hub_action_id`` are plain ids, not foreign keys: the record has to
     outlive the hub rows until the delete has reached the source. A tombstone of
@@ -466,7 +474,11 @@ class PushedAction(FieldConstraintErrors, models.Model):
     resource_id = models.CharField(
         max_length=64, blank=True, help_text="The source's resource id, when it said."
     )
-    sent_at = models.DateTimeField()
+    sent_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the source accepted the action; empty while its send is pending.",
+    )
 
     gate = Gate()
 
@@ -484,6 +496,12 @@ class PushedAction(FieldConstraintErrors, models.Model):
                 violation_error_message="A sent action needs its identifier, student and "
                 "incident key.",
             ),
+            models.CheckConstraint(
+                condition=Q(sent_at__isnull=False) | Q(resource_id=""),
+                name="pushed_action_pending_has_no_resource_id",
+                violation_error_message="An action whose send is pending has no resource id "
+                "yet: the source's answer gives it.",
+            ),
         ]
         indexes = [
             models.Index(fields=["integration", "incident_id"], name="pushedaction_by_incident"),
@@ -493,7 +511,13 @@ class PushedAction(FieldConstraintErrors, models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.source_id} (incident #{self.incident_id})"
+        pending = ", send pending" if self.pending else ""
+        return f"{self.source_id} (incident #{self.incident_id}{pending})"
+
+    @property
+    def pending(self) -> bool:
+        """Recorded ahead of its send, not confirmed: possibly in the source."""
+        return self.sent_at is None
 
     @property
     def source_id(self) -> str:

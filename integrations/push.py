@@ -57,9 +57,19 @@ student (identifier ``incident identifier[:36]``) and records each it sent
 (:class:`~integrations.models.PushedAction`: integration, hub incident and action ids, the
 action's natural key and resource id), because the identifier alone cannot tell an action it
 sent from one the source holds of its own under the same identifier, and the push must never
-delete the source's own. The record is written from what the connector reports
-(``PushResult.sent_action``, ``dropped_actions``) as soon as it answers. A send carries the
-record (``row["sent_actions"]``): an action moved to another day (or student) replaces only a
+delete the source's own. The record is written ahead (``incident_send``): before the
+connector sends anything, the key it is about to POST (``connector.planned_action``, computed
+by the code that builds the POST) is committed as a pending record; when the connector answers,
+the action it sent (``PushResult.sent_action``) is confirmed, the ones it dropped
+(``dropped_actions``) are forgotten, and a pending record it did not send (it failed before the
+POST, or the source refused it) is deleted again. A worker that dies after the source accepted
+the POST leaves the pending record, never none, so the action can still be removed: a pending
+record is taken as possibly sent. The next push of the incident sends the same key again (an
+upsert: one action in the source) and confirms it; a removal in the hub deletes it in the
+source (not there: gone already, nothing to do), without the conflict check of a confirmed
+one, since the dead push's own write is newer than the last baseline (see
+docs/development/decisions.md). A send carries the record, pending keys included
+(``row["sent_actions"]``): an action moved to another day (or student) replaces only a
 recorded one. When the hub no longer has an action for an incident, the recorded ones are
 deleted in the source, each with ``If-Match`` on the version just read (gone already: nothing
 to do). Deleting an action changes no version of its incident, so the incident is selected by
@@ -812,7 +822,12 @@ class _Push:
             return
         modified = self.connector.incident_values(item).get("modified_at")
         baseline = self._action_baseline(record)
-        if baseline is not None and modified is not None and modified > baseline:
+        # A pending record's action was written, if at all, by a push that died before it
+        # confirmed the send and before it moved the baseline: its own write is newer than
+        # the baseline and cannot be told from a change in the source, so it is no conflict.
+        # (The edge this accepts: docs/development/decisions.md.)
+        changed = baseline is not None and modified is not None and modified > baseline
+        if changed and not record.pending:
             self._action_conflict(c, record, item, removed_at)
         else:
             self._delete_action(c, record, item)
@@ -942,15 +957,16 @@ class _Push:
         version (once; a second refusal in the same run is a failure retried next run).
 
         The row carries the actions pushes sent for the incident (the record): the connector
-        replaces those whose key differs from the action sent now, and only those. What it
-        sent and dropped is recorded whatever the outcome."""
+        replaces those whose key differs from the action sent now, and only those. The action
+        it is about to send is recorded before it is sent (pending), and what it sent and
+        dropped when it answers, whatever the outcome (see :func:`incident_send`)."""
         row = with_sent_actions(sending_row(c.row, record), self.integration, c.incident.pk)
-        [result] = self.connector.push(ENTITY, [row])
-        pushed_action_record(
+        result = incident_send(
+            connector=self.connector,
             integration=self.integration,
             incident=c.incident,
             hub_action_id=c.action_id,
-            result=result,
+            row=row,
             run=self.run,
             actor=self.actor,
         )
@@ -1145,10 +1161,84 @@ def incident_row(incident: Incident, action: IncidentAction | None, *, key: str)
 
 
 def with_sent_actions(row: dict[str, Any], integration: Integration, incident_id: int) -> dict:
-    """The push row with the natural keys of the actions pushes sent for the incident: the
-    connector replaces only those (never an action the source holds of its own)."""
+    """The push row with the natural keys of the actions pushes sent for the incident, pending
+    ones included (possibly sent): the connector replaces only those (never an action the
+    source holds of its own)."""
     sent = PushedAction.objects.filter(integration=integration, incident_id=incident_id)
     return {**row, "sent_actions": [record.key for record in sent.order_by("pk")]}
+
+
+def incident_send(
+    *,
+    connector: Connector,
+    integration: Integration,
+    incident: Incident,
+    hub_action_id: int | None,
+    row: dict[str, Any],
+    run: SyncRun | None,
+    actor,
+) -> PushResult:
+    """Send one push row to the source, its discipline action recorded ahead: the record is
+    committed pending before the connector sends anything (``connector.planned_action``, the
+    key the connector is about to POST), then confirmed, or deleted when the connector
+    reports nothing was sent. A worker that dies in between leaves the pending record, so
+    an action the source took is never without one (see ``PushedAction``). Called outside a
+    transaction (the push step, an admin's decision): inside one, the record would commit only
+    with it, after the send."""
+    planned = pushed_action_plan(
+        integration=integration,
+        incident=incident,
+        hub_action_id=hub_action_id,
+        planned=connector.planned_action(row),
+        run=run,
+        actor=actor,
+    )
+    [result] = connector.push(ENTITY, [row])
+    pushed_action_record(
+        integration=integration,
+        incident=incident,
+        hub_action_id=hub_action_id,
+        result=result,
+        run=run,
+        actor=actor,
+        planned=planned,
+    )
+    return result
+
+
+def pushed_action_plan(
+    *,
+    integration: Integration,
+    incident: Incident,
+    hub_action_id: int | None,
+    planned: dict[str, str] | None,
+    run: SyncRun | None,
+    actor,
+) -> PushedAction | None:
+    """Record the action a push is about to send (``planned``: natural key and ``incident``,
+    the source id of its incident, from ``connector.planned_action``) as pending, committed
+    before the send. Returns the record made; None when nothing is planned, or when the key
+    is recorded already (sent by an earlier push, or pending since one died): that record
+    stays as it is until the source answers."""
+    if hub_action_id is None or not planned:
+        return None
+    if not all(planned.get(name) for name in ("identifier", "student", "date", "incident")):
+        return None  # not a complete key: the source refuses such an action
+    natural = _natural(planned)
+    with write_as(actor):
+        if PushedAction.objects.filter(integration=integration, **natural).exists():
+            return None
+        record = PushedAction(
+            district_id=integration.district_id,
+            integration=integration,
+            incident_id=incident.pk,
+            hub_action_id=hub_action_id,
+            incident_key=str(planned["incident"]),
+            run=run,
+            sent_at=None,
+            **natural,
+        )
+        return model_save(instance=record, actor=actor, emit=False)
 
 
 def pushed_action_record(
@@ -1159,13 +1249,18 @@ def pushed_action_record(
     result: PushResult,
     run: SyncRun | None,
     actor,
+    planned: PushedAction | None = None,
 ) -> None:
     """Record what a push of ``incident`` did to its discipline actions in the source: the
     actions it dropped are forgotten, the one it sent (POSTed, so created or upserted) is
-    recorded, or updated when the source had it already. Written as soon as the source
-    answered, whatever the incident's outcome, so the record never claims less than the
-    source holds from pushes (a forgotten action could never be removed)."""
-    if not result.dropped_actions and not result.sent_action:
+    confirmed, or recorded when nothing was written ahead; ``planned``, the pending record
+    :func:`pushed_action_plan` made for this send, is deleted when the connector sent a
+    different key or none (it failed before the POST, or the source refused it). Written
+    as soon as the source answered, whatever the incident's outcome, so the record never
+    claims less than the source holds from pushes (a forgotten action could never be
+    removed)."""
+    sent = result.sent_action
+    if not result.dropped_actions and not sent and planned is None:
         return
     with write_as(actor):
         for key in result.dropped_actions:
@@ -1173,10 +1268,14 @@ def pushed_action_record(
                 records=PushedAction.objects.filter(integration=integration, **_natural(key)),
                 actor=actor,
             )
-        sent = result.sent_action
-        if not sent or hub_action_id is None:
+        natural = _natural(sent) if sent else None
+        if planned is not None and natural != _natural(planned.key):
+            pushed_actions_forget(
+                records=PushedAction.objects.filter(pk=planned.pk, sent_at__isnull=True),
+                actor=actor,
+            )
+        if natural is None or hub_action_id is None:
             return
-        natural = _natural(sent)
         record = PushedAction.objects.filter(integration=integration, **natural).first()
         if record is None:
             record = PushedAction(
@@ -1356,12 +1455,12 @@ def conflict_resolve(
                 action = _first_actions([incident.pk]).get(incident.pk)
                 row = incident_row(incident, action, key=conflict.source_id)
                 row = with_sent_actions(sending_row(row, record), integration, incident.pk)
-                [result] = connector.push(ENTITY, [row])
-                pushed_action_record(
+                result = incident_send(
+                    connector=connector,
                     integration=integration,
                     incident=incident,
                     hub_action_id=action.pk if action else None,
-                    result=result,
+                    row=row,
                     run=None,
                     actor=actor,
                 )

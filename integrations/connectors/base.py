@@ -179,7 +179,9 @@ class PushResult:
     ``identifier``, ``student``, ``date``, and ``resource_id`` when the source said), and
     ``dropped_actions`` the natural keys of the actions it deleted because the new one replaces
     them. Both are filled on every outcome, a failed one included, so the record never claims
-    less or more than the source holds.
+    less or more than the source holds. No ``sent_action`` tells the engine the action was not
+    sent (not POSTed, or refused): the record it wrote ahead of the send
+    (:meth:`Connector.planned_action`) is deleted again.
     """
 
     source_id: str
@@ -242,6 +244,16 @@ class Connector:
     def push(self, entity: str, rows: list[dict[str, Any]]) -> list[PushResult]:
         """Send hub rows to the source (bidirectional syncs). Only for ``writes`` entities."""
         raise NotImplementedError
+
+    def planned_action(self, row: dict[str, Any]) -> dict[str, str] | None:
+        """The dependent action ``push`` would send with ``row``, before it is sent: its
+        natural key (``identifier``, ``student``, ``date``, as in
+        :attr:`PushResult.sent_action`) and ``incident``, the source id of the record it
+        belongs to; None when the row sends none. The engine records it ahead of the send
+        (``integrations.models.PushedAction``), so a worker that dies after the source took
+        the action still has it on record. Computed by the code that builds the request, so
+        the key recorded is the key sent."""
+        return None
 
     def close(self) -> None:
         """Release files and connections."""

@@ -1600,19 +1600,22 @@ class EdFiConnector(Connector):
     def _descriptor(self, kind: str, code: str) -> str:
         return code if code.startswith("uri://") else f"{self._settings().namespace}/{kind}#{code}"
 
-    def _push_incident(self, row: dict[str, Any]) -> PushResult:
-        source_id = str(row.get("source_id") or "").strip()
+    def planned_action(self, row: dict[str, Any]) -> dict[str, str] | None:
+        """The discipline action :meth:`push` would POST for ``row`` (see
+        :meth:`Connector.planned_action`), from the code that builds that POST."""
         try:
-            if source_id:
-                school_id, identifier = _split_incident_id(source_id)
-            else:
-                school_id = _school_id(row.get("school_source_id"))
-                identifier = str(row.get("incident_identifier") or "").strip()
-                if not identifier:
-                    raise ValueError("incident_identifier is required for a new incident")
+            _school, identifier, source_id = _incident_of(row)
+        except ValueError:
+            return None  # refused before anything is sent
+        key = _action_key(row, identifier)
+        return {**key, "incident": source_id} if key else None
+
+    def _push_incident(self, row: dict[str, Any]) -> PushResult:
+        try:
+            school_id, identifier, source_id = _incident_of(row)
         except ValueError as exc:
+            source_id = str(row.get("source_id") or "").strip()
             return PushResult(source_id=source_id, action="failed", message=str(exc))
-        source_id = incident_source_id({"schoolId": school_id, "incidentIdentifier": identifier})
         # Checked before anything is sent, so that a bad row leaves no half-written incident.
         length: float | None = None
         if row.get("duration_days") not in (None, ""):
@@ -1696,12 +1699,12 @@ class EdFiConnector(Connector):
                     }
                 }
             )
-        code = str(row.get("action_code") or "").strip()
-        if code:
+        key = _action_key(row, identifier)
+        if key is not None:
+            code = str(row["action_code"]).strip()
             body: dict[str, Any] = {
-                # One action per incident and student; Ed-Fi identifiers are at most 36 long.
-                "disciplineActionIdentifier": identifier[:36],
-                "disciplineDate": _iso_date(row.get("action_date") or row.get("occurred_on")),
+                "disciplineActionIdentifier": key["identifier"],
+                "disciplineDate": key["date"],
                 "disciplines": [
                     {
                         "disciplineDescriptor": self._descriptor(
@@ -1709,17 +1712,12 @@ class EdFiConnector(Connector):
                         )
                     }
                 ],
-                "studentReference": {"studentUniqueId": student},
+                "studentReference": {"studentUniqueId": key["student"]},
                 "responsibilitySchoolReference": {"schoolId": school_id},
                 "studentDisciplineIncidentBehaviorAssociations": links,
             }
             if length is not None:
                 body["disciplineActionLength"] = length
-            key = {
-                "identifier": body["disciplineActionIdentifier"],
-                "student": student,
-                "date": body["disciplineDate"],
-            }
             dropped, refused = self._drop_replaced_actions(
                 key, row.get("sent_actions") or (), source_id
             )
@@ -2002,6 +2000,42 @@ class EdFiConnector(Connector):
 
 
 _ED_FI_BEHAVIOR = {hub: ed_fi for ed_fi, hub in BEHAVIORS.items()}
+
+
+def _incident_of(row: Mapping[str, Any]) -> tuple[int, str, str]:
+    """The schoolId, incidentIdentifier and source id of the incident a push row is about:
+    its lineage (``source_id``), or for a new one its school and stable identifier. Raises
+    ValueError when the row names none."""
+    source_id = str(row.get("source_id") or "").strip()
+    if source_id:
+        school_id, identifier = _split_incident_id(source_id)
+    else:
+        school_id = _school_id(row.get("school_source_id"))
+        identifier = str(row.get("incident_identifier") or "").strip()
+        if not identifier:
+            raise ValueError("incident_identifier is required for a new incident")
+    return (
+        school_id,
+        identifier,
+        incident_source_id({"schoolId": school_id, "incidentIdentifier": identifier}),
+    )
+
+
+def _action_key(row: Mapping[str, Any], identifier: str) -> dict[str, str] | None:
+    """The natural key of the discipline action a push row sends with its incident, or None
+    when it sends none (no action, or no student to give it to). The one place the key is
+    made: the POST's body takes it, and so does the engine's record ahead of the POST
+    (:meth:`EdFiConnector.planned_action`)."""
+    student = str(row.get("student_source_id") or "").strip()
+    code = str(row.get("action_code") or "").strip()
+    if not student or not code:
+        return None
+    return {
+        # One action per incident and student; Ed-Fi identifiers are at most 36 long.
+        "identifier": identifier[:36],
+        "student": student,
+        "date": _iso_date(row.get("action_date") or row.get("occurred_on")),
+    }
 
 
 def _split_incident_id(source_id: str) -> tuple[int, str]:

@@ -31,7 +31,8 @@ Test knobs: :meth:`EdFiPeer.force` (queued answers such as 429 with Retry-After,
 change versions and record deletes and key changes), :meth:`after_page` (run a mutation
 while a client is paging) and ``before_write`` (callables ``(peer, method, resource, id)``
 run before a client's PUT or DELETE of an item is applied: another client's change landing
-just before ours).
+just before ours), :meth:`hold_answer` (apply a request, then hold its answer back: a client
+that dies meanwhile never hears that the source took it).
 """
 
 from __future__ import annotations
@@ -262,6 +263,22 @@ class Forced:
 
 
 @dataclass
+class Held:
+    """An answer held back after its request was applied (:meth:`EdFiPeer.hold_answer`)."""
+
+    method: str
+    match: str
+    #: set once the request was applied (stored), just before the answer would go out
+    applied: threading.Event = field(default_factory=threading.Event)
+    #: set by the test to let the answer go (to a client that may be gone by then)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+#: Seconds a held answer waits for its release at most, so a failed test frees the thread.
+HOLD_TIMEOUT = 120
+
+
+@dataclass
 class _Stored:
     id: str
     seq: int
@@ -306,6 +323,7 @@ class EdFiPeer:
         self._page_calls: dict[str, int] = {}
         self._page_hooks: list[tuple[str, int, Callable[[EdFiPeer], None]]] = []
         self.before_write: list[Callable[[EdFiPeer, str, str, str], None]] = []
+        self._holds: list[Held] = []
         if fixture:
             load_fixture(self)
 
@@ -323,6 +341,9 @@ class EdFiPeer:
                 status, headers, payload = peer._dispatch(
                     self.command, self.path, self.headers, body
                 )
+                held = peer._held(self.command, self.path)
+                if held is not None:  # outside the lock: the peer goes on serving others
+                    held.release.wait(HOLD_TIMEOUT)
                 data = b"" if payload is None else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
@@ -353,6 +374,9 @@ class EdFiPeer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            for held in self._holds:
+                held.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -382,6 +406,26 @@ class EdFiPeer:
             },
             match=match,
         )
+
+    def hold_answer(self, method: str, match: str) -> Held:
+        """Apply the next ``method`` request whose path contains ``match`` as usual (the item
+        is stored, its change version stamped), then hold the answer back until the test sets
+        ``release``; ``applied`` is set when the change is stored. A client killed meanwhile
+        never hears that the source took its write."""
+        held = Held(method, match)
+        with self._lock:
+            self._holds.append(held)
+        return held
+
+    def _held(self, method: str, raw_path: str) -> Held | None:
+        """The hold an applied request's answer waits on, marked applied (once only)."""
+        path = urlsplit(raw_path).path
+        with self._lock:
+            for held in self._holds:
+                if held.method == method and held.match in path and not held.applied.is_set():
+                    held.applied.set()
+                    return held
+            return None
 
     def after_page(self, resource: str, page: int, action: Callable[[EdFiPeer], None]) -> None:
         """Run ``action(peer)`` right after the ``page``-th GET of ``resource``'s collection
