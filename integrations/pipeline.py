@@ -30,8 +30,8 @@ row gets a fingerprint (a 64-bit hash of the mapping's signature, its own text a
 joined rows'), and a row whose fingerprint and hub row (same change version) are as the last
 merge stored them is neither mapped, validated nor merged; it counts as unchanged, and as
 present for removals. The merge re-checks kept rows' hub rows in its transaction and stores the
-fingerprints of what it left (``RecordFingerprint``). Not for effective-dated entities or
-exploded lists (see :func:`fingerprinted`).
+fingerprints of what it left (``RecordFingerprint``). Not for exploded lists (see
+:func:`fingerprinted`).
 """
 
 from __future__ import annotations
@@ -152,12 +152,13 @@ def hash_joins(cur, *, rows: int | None = None) -> Iterator[None]:
 def fingerprinted(spec: ent.EntitySpec, read: EntityRead) -> bool:
     """Whether records unchanged since the last run are skipped for this entity.
 
-    Not for effective-dated entities (a row's current period depends on today as well as on
-    the record) nor for reads that explode a list into records (one raw row, many hub rows,
-    and removals found per item): both are small next to the entities that are neither
-    (section enrollments), and skipping them would need per-item bookkeeping.
+    Not for reads that explode a list into records (one raw row, many hub rows, and removals
+    found per item). Effective-dated entities are: a record's fingerprint is checked against
+    its *current* period's row (the one without an end), and what depends on today in their
+    merge (a change's new period starts today when the source gives no date; a date after
+    today is refused) concerns only changed or failed records, which are never kept.
     """
-    return not spec.effective_dated and not read.explode
+    return not read.explode
 
 
 def fingerprint_mark(definition, entity: str) -> int | None:
@@ -1783,7 +1784,11 @@ class Merger:
         """Remember what this merge left for each record it inserted, updated or found
         unchanged (its fingerprint, hub row and that row's change version now), in one
         statement from the resolved table; forget the records it removed or that failed.
-        Inside the merge's transaction: a held or failed run stores nothing."""
+        Inside the merge's transaction: a held or failed run stores nothing.
+
+        An effective-dated record's hub row is its current period (its earlier ones share
+        its source id)."""
+        current = " AND t.valid_to IS NULL" if spec.effective_dated else ""
         with hash_joins(cur, rows=rows):
             cur.execute(
                 f"""
@@ -1794,7 +1799,7 @@ class Merger:
                        t.id, t.change_version
                 FROM {res} r JOIN {q(spec.table)} t ON t.district_id = %(district)s
                   AND t.source_system = %(source)s AND t.source_id = r._sid
-                  AND t.source_id <> ''
+                  AND t.source_id <> ''{current}
                 WHERE r._op IN ('insert', 'update', 'unchanged') AND r._fp IS NOT NULL
                 ON CONFLICT (definition_id, entity, source_id) DO UPDATE
                 SET fingerprint = EXCLUDED.fingerprint, hub_id = EXCLUDED.hub_id,

@@ -93,6 +93,9 @@ def test_a_changed_demographic_closes_the_period_and_opens_a_new_one(
     third = run_zip(definition, system, write_zip(tmp_path / "r3.zip", roster))
     assert third.status == RunStatus.SUCCEEDED, third.message
     assert third.diff["student_demographic"]["updated"] == 0
+    # Not even mapped: each record's fingerprint matched and its current period is as the last
+    # merge left it.
+    assert third.diff["student_demographic"]["kept"] == 8
     assert len(periods(student)) == 2
 
     # A second change the same day corrects today's period in place (no empty period).
@@ -187,3 +190,27 @@ def test_the_source_s_effective_date_places_the_cut(north, system, definition, t
     assert periods(s2) == before_s2
     [(opened3, closed3, sex3, _race3, _)] = periods(s3)
     assert (opened3, closed3, sex3) == (enrolled, None, "M")
+
+
+def test_a_kept_record_whose_current_period_was_closed_by_hand_opens_a_new_one(
+    north, system, definition, tmp_path
+):
+    roster = build_roster(students=8)
+    first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    assert first.status == RunStatus.SUCCEEDED, first.message
+    again = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert again.diff["student_demographic"]["kept"] == 8
+    today = database_today()
+    start, ended = today - timedelta(days=42), today - timedelta(days=1)
+    student = Student.objects.get(district=north.district, source_system=SOURCE, source_id="s2")
+    # Someone ends the student's current period in the hub (the file still says the same).
+    StudentDemographic.objects.filter(student=student).update(valid_from=start, valid_to=ended)
+
+    third = run_zip(definition, system, write_zip(tmp_path / "r3.zip", roster))
+    assert third.status == RunStatus.SUCCEEDED, third.message
+    # Its period changed since the fingerprint was stored: mapped again, and, with no current
+    # period to compare with, given a new one from today; the other seven stay kept.
+    assert third.diff["student_demographic"]["kept"] == 7
+    assert third.diff["student_demographic"]["created"] == 1
+    [(old_from, old_to, *_), (new_from, new_to, *_)] = periods(student)
+    assert (old_from, old_to, new_from, new_to) == (start, ended, today, None)

@@ -26,13 +26,14 @@ from tests.integrations.csv_sync import changed_roster, csv_definition, run_zip
 from tests.integrations.test_oneroster_csv_sync import ENTITIES
 
 SOURCE = "sis"
-#: The entities whose records can be kept (not effective-dated, not exploded from a list).
+#: The entities whose records can be kept (not exploded from a list).
 FINGERPRINTED = [
     "school",
     "academic_session",
     "staff",
     "student",
     "guardian",
+    "student_demographic",
     "section",
     "section_enrollment",
 ]
