@@ -150,15 +150,17 @@ def hash_joins(cur, *, rows: int | None = None) -> Iterator[None]:
 
 
 def fingerprinted(spec: ent.EntitySpec, read: EntityRead) -> bool:
-    """Whether records unchanged since the last run are skipped for this entity.
+    """Whether records unchanged since the last run are skipped for this entity: all are.
 
-    Not for reads that explode a list into records (one raw row, many hub rows, and removals
-    found per item). Effective-dated entities are: a record's fingerprint is checked against
-    its *current* period's row (the one without an end), and what depends on today in their
-    merge (a change's new period starts today when the source gives no date; a date after
-    today is refused) concerns only changed or failed records, which are never kept.
+    A read that explodes a list into records (a user's orgs, a guardian's students) is
+    fingerprinted per item: the item's record is its parent row with the item, under the
+    item's own source id (``parent:item``), as the hub row is. Effective-dated entities are
+    too: a record's fingerprint is checked against its *current* period's row (the one
+    without an end), and what depends on today in their merge (a change's new period starts
+    today when the source gives no date; a date after today is refused) concerns only changed
+    or failed records, which are never kept.
     """
-    return not read.explode
+    return True
 
 
 def fingerprint_mark(definition, entity: str) -> int | None:
@@ -430,19 +432,23 @@ class Stager:
         kept = self.table_name(spec.name, "_kept")
         column = self._column_sql(read, columns)
         joined, filtered = self._joined_sql(read, column)
+        explode, item_sid = self._explode_sql(read, column, sid_sql)
         row = ", ".join(f"r.{q(c)}" for c in self._raw_columns(raw))
         # The parts are separated by a control character, and a missing joined row is a
         # marker no row's text can be (a row's text starts with "(").
         parts = [lit(self._signature(spec, read, raw, rules, crosswalks)), f"ROW({row})::text"]
         for n in range(len(self._joins if read.csv is not None else [])):
             parts.append(f"coalesce(j{n}._t, E'\\x01')")
+        if read.explode:
+            parts.append("x._item")  # an exploded record is its parent row and its item
         fp = FINGERPRINT_HASH.format(f"concat_ws(E'\\x1e', {', '.join(parts)})")
         with connection.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {fps}")
             cur.execute(f"DROP TABLE IF EXISTS {kept}")
             cur.execute(
-                f"CREATE UNLOGGED TABLE {fps} AS SELECT r._line AS _line, ({sid_sql}) AS _sid, "
-                f"({deleted_sql}) AS _deleted, {fp} AS _fp FROM {raw} r{joined}{filtered}"
+                f"CREATE UNLOGGED TABLE {fps} AS SELECT r._line AS _line, ({item_sid}) AS _sid, "
+                f"({deleted_sql}) AS _deleted, {fp} AS _fp "
+                f"FROM {raw} r{joined}{explode}{filtered}"
             )
             staged = cur.rowcount
             cur.execute(f"ANALYZE {fps}")
@@ -990,8 +996,8 @@ class Stager:
             f"{sid_sql} AS _sid",
             f"{deleted_sql} AS _deleted",
         ]
-        if read.explode:
-            selects[2] = f"{sid_sql} || ':' || btrim(x._item) AS _sid"
+        explode, item_sid = self._explode_sql(read, column, sid_sql)
+        selects[2] = f"{item_sid} AS _sid"
         targets = []
         for c in compiled:
             if c.target not in {t.name for t in spec.targets}:
@@ -1003,17 +1009,17 @@ class Stager:
         parents_from = f"{raw} r{joined}{filtered}"
         if kept is not None:
             # Records the fingerprints showed unchanged are neither mapped nor merged; their
-            # fingerprint is carried along so the merge can store it for the rest.
+            # fingerprint is carried along so the merge can store it for the rest. A row (an
+            # exploded item: its line and source id) is one record of the fingerprint table.
             selects.append("f._fp AS _fp")
-            joined += f" LEFT JOIN {kept[1]} f ON f._line = r._line"
+
+            def same(t: str) -> str:
+                item = f" AND {t}._sid = {item_sid}" if read.explode else ""
+                return f"{t}._line = r._line{item}"
+
+            explode += f" LEFT JOIN {kept[1]} f ON {same('f')}"
             filtered += (" AND " if filtered else " WHERE ") + (
-                f"NOT EXISTS (SELECT 1 FROM {kept[0]} k WHERE k._line = r._line)"
-            )
-        explode = ""
-        if read.explode:
-            explode = (
-                f" CROSS JOIN LATERAL unnest(string_to_array({column(read.explode)}, ','))"
-                " AS x(_item)"
+                f"NOT EXISTS (SELECT 1 FROM {kept[0]} k WHERE {same('k')})"
             )
         with connection.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {mapped}")
@@ -1095,6 +1101,16 @@ class Stager:
             cur.execute(f"ANALYZE {name} ({key})")
         self._joined_tables[cache_key] = name
         return name
+
+    def _explode_sql(self, read: EntityRead, column, sid_sql: str) -> tuple[str, str]:
+        """For a read that explodes a list: the join making one row per item (``x._item``),
+        and the item's source id (``parent:item``); else nothing, and the row's own id."""
+        if not read.explode:
+            return "", sid_sql
+        explode = (
+            f" CROSS JOIN LATERAL unnest(string_to_array({column(read.explode)}, ',')) AS x(_item)"
+        )
+        return explode, f"{sid_sql} || ':' || btrim(x._item)"
 
     def _raw_columns(self, table: str) -> list[str]:
         """A staging table's columns other than its line and file, in order."""
@@ -1696,6 +1712,8 @@ class Merger:
         source ids are ``parent:item``; parents without a colon (OneRoster's GUIDs) are matched
         by a hash join on the part before the first colon, the others by prefix."""
         found: set[int] = set()
+        # Items kept at staging as unchanged are in the list too (see _removals).
+        present = st.fingerprints or st.table
         for match, which in (
             ("split_part(t.source_id, ':', 1) = pa._parent", "strpos(pa._parent, ':') = 0"),
             (
@@ -1708,7 +1726,7 @@ class Merger:
                 SELECT t.id FROM {q(spec.table)} t JOIN {st.parents} pa ON {match}
                 WHERE {which} AND t.district_id = %(district)s
                   AND t.source_system = %(source)s{active}
-                  AND NOT EXISTS (SELECT 1 FROM {st.table} m
+                  AND NOT EXISTS (SELECT 1 FROM {present} m
                                   WHERE m._sid = t.source_id AND NOT m._deleted)
                 """,
                 p,

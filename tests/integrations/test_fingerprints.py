@@ -16,7 +16,7 @@ import pytest
 from django.db import connection
 
 from bxos.common.services import model_update
-from bxos.schools.models import SectionEnrollment, Student
+from bxos.schools.models import Enrollment, SectionEnrollment, Student, StudentGuardian
 from integrations import entities as ent
 from integrations import services
 from integrations.choices import RunStatus
@@ -26,17 +26,9 @@ from tests.integrations.csv_sync import changed_roster, csv_definition, run_zip
 from tests.integrations.test_oneroster_csv_sync import ENTITIES
 
 SOURCE = "sis"
-#: The entities whose records can be kept (not exploded from a list).
-FINGERPRINTED = [
-    "school",
-    "academic_session",
-    "staff",
-    "student",
-    "guardian",
-    "student_demographic",
-    "section",
-    "section_enrollment",
-]
+#: The entities whose records can be kept: all of them (lists exploded into records, such as
+#: a user's orgs, per item).
+FINGERPRINTED = ENTITIES
 
 
 def make_definition(world, actor, **fields):
@@ -110,8 +102,6 @@ def test_an_identical_rerun_keeps_every_record_and_touches_no_row(north, system,
         diff = again.diff[entity]
         assert diff["kept"] == diff["read"] == diff["unchanged"] > 0, entity
         assert mapped(again, entity) == 0
-    for entity in set(ENTITIES) - set(FINGERPRINTED):
-        assert again.diff[entity]["kept"] == 0 and again.diff[entity]["unchanged"] > 0
     enrollments = again.diff["section_enrollment"]["kept"]
     assert f"section_enrollment: {enrollments} record(s) skipped as unchanged" in again.log
     assert versions(north.district) == before
@@ -536,3 +526,44 @@ def test_after_a_complete_run_staging_reads_only_the_hub_rows_written_since(
     assert f'r{again.pk}_student_changed"' in kept_statement("student")
     assert "_changed" not in kept_statement("section_enrollment")
     assert '"schools_sectionenrollment"' not in kept_statement("section_enrollment")
+
+
+def test_a_list_exploded_into_records_is_kept_item_by_item(north, system, media, tmp_path):
+    """A student's orgs (school enrollments) and a guardian's students (links) explode into a
+    record per item (``parent:item``): each is kept, created or removed on its own, by a bulk
+    file and by a delta that sends the parent unchanged."""
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+
+    roster.find("users", "g0")["agentSourcedIds"] = "s2"  # was s0
+    role = next(r for r in roster.rows("roles") if r["sourcedId"] == "role-s4")
+    roster.rows("roles").append(
+        {**role, "sourcedId": "role-s4-b", "roleType": "secondary", "orgSourcedId": "sch1"}
+    )
+    second = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert second.status == RunStatus.SUCCEEDED, second.message
+    links = second.diff["student_guardian"]
+    assert (links["created"], links["deleted"], links["updated"]) == (1, 1, 0)
+    assert links["kept"] == links["read"] - 1  # every link but g0's new one
+    schools = second.diff["enrollment"]
+    assert (schools["created"], schools["deleted"], schools["updated"]) == (1, 0, 0)
+    # s4's org list changed, so both of its items are mapped again; its old one is unchanged.
+    assert schools["kept"] == schools["read"] - 2
+    g0 = StudentGuardian.objects.filter(district=north.district, guardian__source_id="g0")
+    assert sorted(g0.values_list("student__source_id", flat=True)) == ["s2"]
+    s4 = Enrollment.objects.filter(district=north.district, student__source_id="s4")
+    assert sorted(s4.values_list("school__source_id", flat=True)) == ["sch0", "sch1"]
+
+    # A delta carrying g0 unchanged: its list is complete, and its kept item is still in it.
+    delta = build_roster(students=0)
+    delta.files = {
+        "users": [roster.find("users", "g0")],
+        "roles": [r for r in roster.rows("roles") if r["userSourcedId"] == "g0"],
+    }
+    modes = {"users": "delta", "roles": "delta"}
+    third = run_zip(definition, system, write_zip(tmp_path / "d.zip", delta, modes=modes))
+    assert third.status == RunStatus.SUCCEEDED, third.message
+    assert third.diff["student_guardian"]["kept"] == third.diff["student_guardian"]["read"] == 1
+    assert third.diff["student_guardian"]["deleted"] == 0
+    assert sorted(g0.values_list("student__source_id", flat=True)) == ["s2"]
