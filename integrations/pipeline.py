@@ -443,15 +443,12 @@ class Stager:
             parts.append("x._item")  # an exploded record is its parent row and its item
         fp = FINGERPRINT_HASH.format(f"concat_ws(E'\\x1e', {', '.join(parts)})")
         with connection.cursor() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {fps}")
-            cur.execute(f"DROP TABLE IF EXISTS {kept}")
-            cur.execute(
-                f"CREATE UNLOGGED TABLE {fps} AS SELECT r._line AS _line, ({item_sid}) AS _sid, "
-                f"({deleted_sql}) AS _deleted, {fp} AS _fp "
-                f"FROM {raw} r{joined}{explode}{filtered}"
-            )
-            staged = cur.rowcount
-            cur.execute(f"ANALYZE {fps}")
+            cur.execute(f"DROP VIEW IF EXISTS {kept}")
+            cur.execute(f"DROP TABLE IF EXISTS {fps} CASCADE")
+            # An upper bound of the records (the read's filter is not applied): enough to
+            # decide whether the statement below hashes.
+            cur.execute(f"SELECT count(*) FROM {raw}")
+            rows = cur.fetchone()[0]
         # Every change at or below this version is committed, so the statement below sees it;
         # any later change has a higher version, which lets the merge check cheaply whether a
         # kept record's hub row changed in between (Merger._recheck_kept).
@@ -462,10 +459,10 @@ class Stager:
         if mark is None:
             # Each staged row probes the fingerprints, then the district's hub rows.
             hub = (
-                f"JOIN {q(spec.table)} t ON t.id = s.hub_id "
+                f"LEFT JOIN {q(spec.table)} t ON t.id = s.hub_id "
                 "AND t.change_version = s.hub_change_version AND t.district_id = %(district)s"
             )
-            unchanged = ""
+            unchanged = " AND t.id IS NOT NULL"
         else:
             # Only hub rows written (or deleted) above the mark can differ from their
             # fingerprints (FingerprintMark): those few are read, not the district's million.
@@ -488,32 +485,47 @@ class Stager:
                 )
                 written = cur.rowcount
                 cur.execute(f"ANALYZE {changed}")
-            unchanged = (
-                f" AND NOT EXISTS (SELECT 1 FROM {changed} c WHERE c.id = s.hub_id "
-                "AND c.cv <> s.hub_change_version)"
-                if written
-                else ""
-            )
-        with transaction.atomic(), connection.cursor() as cur, hash_joins(cur, rows=staged):
+            if written:
+                # Joined, not a NOT EXISTS: in the select list that would run once per row.
+                hub = (
+                    f"LEFT JOIN (SELECT c.id, array_agg(c.cv) AS cvs FROM {changed} c "
+                    "GROUP BY c.id) ch ON ch.id = s.hub_id"
+                )
+                unchanged = " AND (ch.id IS NULL OR s.hub_change_version = ALL(ch.cvs))"
+            else:
+                unchanged = ""
+        # One pass: every staged row's fingerprint, and whether it is kept. The table holds
+        # every row (the merge finds removals against it) and the kept ones are a view of it
+        # (the merge rechecks them); mapping reads the few that are not kept.
+        staged = (
+            f"SELECT r._line AS _line, ({item_sid}) AS _sid, ({deleted_sql}) AS _deleted, "
+            f"{fp} AS _fp FROM {raw} r{joined}{explode}{filtered}"
+        ).replace("%", "%%")  # source text (a column's name) inside a statement with parameters
+        with transaction.atomic(), connection.cursor() as cur, hash_joins(cur, rows=rows):
             cur.execute(
                 f"""
-                CREATE UNLOGGED TABLE {kept} AS
-                WITH dups AS MATERIALIZED (
-                    SELECT d._sid FROM {fps} d GROUP BY d._sid HAVING count(*) > 1
+                CREATE UNLOGGED TABLE {fps} AS
+                WITH f AS MATERIALIZED ({staged}), dups AS MATERIALIZED (
+                    SELECT d._sid FROM f d GROUP BY d._sid HAVING count(*) > 1
                 )
-                SELECT f._line, f._sid, s.hub_id AS _hub_id, s.hub_change_version AS _cv
-                FROM {fps} f
-                JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
+                SELECT f._line, f._sid, f._deleted, f._fp, s.hub_id AS _hub_id,
+                       s.hub_change_version AS _cv,
+                       coalesce(s.hub_id IS NOT NULL AND f._line < 2000000000 AND NOT f._deleted
+                                AND dups._sid IS NULL{unchanged}, false) AS _kept
+                FROM f
+                LEFT JOIN dups ON dups._sid = f._sid
+                LEFT JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
                   AND s.entity = %(entity)s AND s.source_id = f._sid
                   AND s.fingerprint = {FINGERPRINT_HASH.format("%(defaults)s || f._fp::text")}
                 {hub}
-                WHERE f._line < 2000000000 AND NOT f._deleted
-                  AND NOT EXISTS (SELECT 1 FROM dups WHERE dups._sid = f._sid){unchanged}
                 """,
                 {**self._params(spec.name), "defaults": defaults},
             )
-            count = cur.rowcount
-            cur.execute(f"ANALYZE {kept}")
+            cur.execute(
+                f"CREATE VIEW {kept} AS SELECT _line, _sid, _hub_id, _cv FROM {fps} WHERE _kept"
+            )
+            cur.execute(f"SELECT count(*) FILTER (WHERE _kept) FROM {fps}")
+            count = cur.fetchone()[0]
         if count:
             self.log(f"{spec.name}: {count} record(s) unchanged since the last run; not mapped")
         return (kept, fps, defaults, seen), count
@@ -1012,14 +1024,10 @@ class Stager:
             # fingerprint is carried along so the merge can store it for the rest. A row (an
             # exploded item: its line and source id) is one record of the fingerprint table.
             selects.append("f._fp AS _fp")
-
-            def same(t: str) -> str:
-                item = f" AND {t}._sid = {item_sid}" if read.explode else ""
-                return f"{t}._line = r._line{item}"
-
-            explode += f" LEFT JOIN {kept[1]} f ON {same('f')}"
-            filtered += (" AND " if filtered else " WHERE ") + (
-                f"NOT EXISTS (SELECT 1 FROM {kept[0]} k WHERE {same('k')})"
+            item = f" AND f._sid = {item_sid}" if read.explode else ""
+            explode += (
+                f" JOIN (SELECT _line, _sid, _fp FROM {kept[1]} WHERE NOT _kept) f "
+                f"ON f._line = r._line{item}"
             )
         with connection.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {mapped}")
@@ -2287,7 +2295,8 @@ def drop_staging(run: SyncRun) -> None:
             [SCHEMA, f"r{run.pk}\\_%"],
         )
         for (name,) in cur.fetchall():
-            cur.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{name}")
+            # CASCADE: the view of a fingerprint table's kept rows goes with it.
+            cur.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{name} CASCADE")
 
 
 def attach_raw(cur, *, raw: str, joins: list[tuple[str, str, str, str]], params: dict) -> None:

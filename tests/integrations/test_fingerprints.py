@@ -516,7 +516,8 @@ def test_after_a_complete_run_staging_reads_only_the_hub_rows_written_since(
     assert again.diff["student"]["kept"] == 7 and again.diff["student"]["updated"] == 1
 
     def kept_statement(entity: str) -> str:
-        found = [q["sql"] for q in queries.captured_queries if f'_{entity}_kept" AS' in q["sql"]]
+        """The statement that fingerprints the staged rows and decides which are kept."""
+        found = [q["sql"] for q in queries.captured_queries if f'_{entity}_fp" AS' in q["sql"]]
         assert len(found) == 1
         return found[0]
 
