@@ -293,7 +293,16 @@ class SyncRun(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["definition", "-id"], name="syncrun_definition_recent")]
+        indexes = [
+            models.Index(fields=["definition", "-id"], name="syncrun_definition_recent"),
+            # The sweep for runs whose worker died (services.runs_reap_abandoned) reads only
+            # these, every few minutes, among years of finished runs.
+            models.Index(
+                fields=["status"],
+                condition=Q(status__in=[choices.RunStatus.RUNNING, choices.RunStatus.ROLLING_BACK]),
+                name="syncrun_worked_on",
+            ),
+        ]
         constraints = [valid_code("status", choices.RunStatus, name="syncrun_status_valid")]
 
     def __str__(self) -> str:

@@ -10,19 +10,23 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets as pysecrets
 import time
 import traceback
 from typing import Any
 
+import psycopg
 from auditlog.models import LogEntry
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from bxos.common import events
 from bxos.common.audit import acting_as, audit_bulk
+from bxos.common.db import own_connection
 from bxos.common.services import model_create, model_save, write_as
 from integrations import entities as ent
 from integrations import pipeline, transforms
@@ -50,6 +54,8 @@ from integrations.models import (
     SyncDefinition,
     SyncRun,
 )
+
+logger = logging.getLogger(__name__)
 
 RUN_TASK = "integrations.run_sync"
 SCHEDULE_TASK = "integrations.scheduled_sync"
@@ -420,6 +426,8 @@ def run_start(
     the caller, already a worker, executes it)."""
     if not definition.is_active:
         raise ValidationError("This sync definition is switched off.")
+    # A run whose worker died would otherwise keep the definition from ever running again.
+    runs_reap_abandoned(actor=actor, definition=definition)
     busy = definition.runs.filter(status__in=ACTIVE).first()
     # A re-run of failed records may queue behind a run; nothing starts while a rollback
     # restores the rows it would read and write.
@@ -450,6 +458,138 @@ def _enqueue(run_id: int) -> None:
     from integrations.tasks import run_sync
 
     run_sync.delay(run_id)
+
+
+# --- a run's worker lock: a worker is at work on a run while it holds it ---------------------
+
+#: The advisory-lock key space of a run's worker ("RUN1"), the two-int form: (this, run id).
+#: The other spaces are the webhooks' claims ("WHK1"); the one-bigint form is another key space.
+RUN_LOCK_SPACE = 0x5255_4E31
+#: The phases of a run waiting in the broker's queue for a worker (approved, or asked to be
+#: rolled back): no worker has it yet, so a free lock does not mean that one died.
+PHASE_APPLY_WAITING = "Approved; waiting for a worker to apply it"
+PHASE_ROLLBACK_WAITING = "Rollback requested"
+#: What a worker writes when it takes up one of those runs, under the lock.
+PHASE_APPLYING = "Applying the approved changes"
+PHASE_ROLLING_BACK = "Rolling back"
+#: Runs a worker holds the lock of while it works on them.
+_WORKED_ON = Q(status__in=(RunStatus.RUNNING, RunStatus.ROLLING_BACK)) & ~Q(
+    phase__in=(PHASE_APPLY_WAITING, PHASE_ROLLBACK_WAITING)
+)
+
+
+def _run_key(run_id: int) -> tuple[int, int]:
+    # Ids from 2**31 - 1 on share keys with smaller ones: such a pair can only make a dead run
+    # look alive while the other one runs, never a live run look dead.
+    return RUN_LOCK_SPACE, run_id % 2147483647
+
+
+def _take_worker_lock(run_id: int) -> psycopg.Connection | None:
+    """The connection holding the run's worker lock (closing it releases the lock), or None
+    when another session holds it (another worker: a message delivered twice).
+
+    Its own connection, never Django's: Django may close and reopen that one while the task
+    runs, which would drop the lock while the run lives. A process that dies has its
+    connections closed by PostgreSQL, which releases the lock.
+    """
+    conn = own_connection(application_name=f"bxos worker of sync run #{run_id}", keepalive=True)
+    try:
+        taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _run_key(run_id)).fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    if not taken[0]:
+        conn.close()
+        return None
+    return conn
+
+
+def _no_lock_message(exc: psycopg.Error) -> str:
+    return (
+        "The worker could not open the database connection that shows it is at work on this "
+        f"run ({pipeline._first_line(exc)}); it did not start."
+    )
+
+
+def runs_reap_abandoned(*, actor, definition: SyncDefinition | None = None) -> list[SyncRun]:
+    """Finish the runs whose worker is gone (of ``definition``, or of every definition), in
+    ``actor``'s name; returns them.
+
+    A worker takes a run's lock before the run becomes running (or, for an approved run or a
+    rollback, before it leaves its waiting phase) and holds it until the run's outcome is
+    committed, so a run worked on whose lock is free was left by a worker that died (killed,
+    out of memory, a deploy). No timeout: a run blocked in one long statement is as alive as
+    any (docs/development/decisions.md). Each run is checked under its lock, which is held
+    until it is marked, so a worker cannot take it up in between.
+    """
+    runs = SyncRun.objects.filter(_WORKED_ON)
+    if definition is not None:
+        runs = runs.filter(definition=definition)
+    ids = list(runs.values_list("pk", flat=True))
+    if not ids:
+        return []
+    reaped = []
+    try:
+        conn = own_connection(application_name="bxos reaper of abandoned sync runs")
+    except psycopg.Error:
+        # Not a reason to fail the caller (a run's start): the next sweep tries again.
+        logger.exception("cannot check sync runs %s for a live worker", ids)
+        return []
+    try:
+        for run_id in ids:
+            key = _run_key(run_id)
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()[0]:
+                continue  # a worker holds it: alive, however long it takes
+            try:
+                run = _reap(run_id, actor=actor)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+            if run is not None:
+                reaped.append(run)
+    finally:
+        conn.close()
+    return reaped
+
+
+def _reap(run_id: int, *, actor) -> SyncRun | None:
+    """Finish one abandoned run, saying what its worker's death left: nothing merged (a
+    merge, an apply) or nothing undone (a rollback), each being one transaction that commits
+    the run's outcome with its data. None when the run is no longer worked on."""
+    with write_as(actor):
+        run = (
+            SyncRun.objects.select_for_update(of=("self",))
+            .select_related("definition__integration")
+            .filter(_WORKED_ON, pk=run_id)
+            .first()
+        )
+        if run is None:  # finished before the lock was free
+            return None
+        was = run.status
+        log = _Log(run)
+        log(f"{actor} found that no worker holds this run any more")
+        if run.status == RunStatus.ROLLING_BACK:
+            reason = "The worker undoing it stopped before it finished (its process ended)."
+            run = _rollback_failed(run, log, reason)
+        elif run.decided_at is not None:
+            reason = (
+                "The worker applying this approved run stopped before it finished; nothing of "
+                "it was merged. Start a new run to preview its changes again."
+            )
+            run = _finish_failed(run, log, reason, counts=False, warnings=run.warnings)
+        else:
+            reason = (
+                "The worker running this run stopped before it finished (its process ended); "
+                "nothing of it was merged and the cursor did not move."
+            )
+            run = _finish_failed(run, log, reason, counts=False)
+        LogEntry.objects.log_create(
+            run,
+            force_log=True,
+            action=LogEntry.Action.UPDATE,
+            changes={"status": [was, run.status], "reason": ["", reason]},
+            additional_data={"reason": reason},
+        )
+    return run
 
 
 class _Log:
@@ -515,16 +655,38 @@ def integration_health_record(
 
 
 def run_execute(*, run: SyncRun, actor=None) -> SyncRun:
-    """Run a queued sync: read, stage, merge (or hold). Called by the worker."""
+    """Run a queued sync: read, stage, merge (or hold). Called by the worker, which holds the
+    run's worker lock until the outcome is committed (see :func:`runs_reap_abandoned`)."""
     from bxos.common.audit import system_actor
 
     actor = actor or system_actor()
     run = SyncRun.objects.select_related("definition__integration").get(pk=run.pk)
     if run.status != RunStatus.QUEUED:
         return run
+    log = _Log(run)
+    try:
+        lock = _take_worker_lock(run.pk)
+    except psycopg.Error as exc:
+        # Without its lock the run would look abandoned to the next sweep: it does not start.
+        run.started_at = timezone.now()
+        failed = SyncRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+            status=RunStatus.FAILED, started_at=run.started_at
+        )
+        if not failed:
+            return SyncRun.objects.get(pk=run.pk)
+        return _finish_failed(run, log, _no_lock_message(exc), counts=False)
+    if lock is None:  # another worker has this run (its message was delivered twice)
+        return SyncRun.objects.get(pk=run.pk)
+    try:
+        return _execute_claimed(run, actor, log)
+    finally:
+        lock.close()  # after the run's outcome committed: from here a sweep may finish it
+
+
+def _execute_claimed(run: SyncRun, actor, log: _Log) -> SyncRun:
+    """The body of :func:`run_execute`, under the run's worker lock."""
     definition = run.definition
     integration = definition.integration
-    log = _Log(run)
     # Claim the run: of two workers handed the same run, one goes ahead.
     claimed = SyncRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
         status=RunStatus.RUNNING, started_at=timezone.now()
@@ -737,7 +899,7 @@ def run_approve(*, run: SyncRun, actor, enqueue: bool = True) -> SyncRun:
         with write_as(actor):
             run.decided_by, run.decided_at = actor, timezone.now()
             run.status = RunStatus.RUNNING
-            run.phase = "Approved; waiting for a worker to apply it"
+            run.phase = PHASE_APPLY_WAITING
             run.save(update_fields=["decided_by", "decided_at", "status", "phase"])
         if enqueue:
             transaction.on_commit(lambda: _enqueue_apply(run.pk))
@@ -760,6 +922,27 @@ def run_apply_approved(*, run: SyncRun, actor) -> SyncRun:
     if run.status != RunStatus.RUNNING or run.decided_at is None:
         raise ValidationError(f"Run #{run.pk} is not an approved run waiting to be applied.")
     log = _Log(run)
+    try:
+        lock = _take_worker_lock(run.pk)
+    except psycopg.Error as exc:
+        return _finish_failed(run, log, _no_lock_message(exc), counts=False, warnings=run.warnings)
+    if lock is None:
+        raise ValidationError(f"Run #{run.pk} is being applied by another worker.")
+    try:
+        # Taken up under the lock: from here on a free lock means that this worker died.
+        taken = SyncRun.objects.filter(
+            pk=run.pk, status=RunStatus.RUNNING, decided_at__isnull=False
+        ).update(phase=PHASE_APPLYING)
+        if not taken:
+            raise ValidationError(f"Run #{run.pk} is not an approved run waiting to be applied.")
+        run.phase = PHASE_APPLYING
+        return _apply_claimed(run, actor, log)
+    finally:
+        lock.close()
+
+
+def _apply_claimed(run: SyncRun, actor, log: _Log) -> SyncRun:
+    """The body of :func:`run_apply_approved`, under the run's worker lock."""
     log(f"approved by {run.decided_by or actor}")
     progress = pipeline.Progress(run)
     integration = run.definition.integration
@@ -814,10 +997,6 @@ def run_discard(*, run: SyncRun, actor) -> SyncRun:
         RecordError.objects.filter(run=run).delete()
         transaction.on_commit(lambda: pipeline.drop_staging(run))
     return run
-
-
-#: The advisory-lock key space of rollbacks ("RBK1"): one worker at a time undoes a run.
-ROLLBACK_LOCK_SPACE = 0x5242_4B31
 
 
 class _NotWaiting(ValidationError):
@@ -875,7 +1054,7 @@ def run_rollback(*, run: SyncRun, actor, enqueue: bool = True) -> SyncRun:
             run.status = RunStatus.ROLLING_BACK
             run.rollback_requested_by = actor if getattr(actor, "pk", None) else None
             run.rollback_requested_at = timezone.now()
-            run.phase = "Rollback requested"
+            run.phase = PHASE_ROLLBACK_WAITING
             # The bar counts the rollback's own rows from here on (the worker sets the total).
             run.processed, run.total = 0, 0
             run.save(
@@ -919,19 +1098,33 @@ def run_rollback_apply(*, run: SyncRun, actor) -> SyncRun:
     if run.status != RunStatus.ROLLING_BACK:
         raise _NotWaiting(f"Run #{run.pk} is not waiting to be rolled back; it is {run.status}.")
     log = _Log(run)
+    try:
+        lock = _take_worker_lock(run.pk)
+    except psycopg.Error as exc:
+        return _rollback_failed(run, log, _no_lock_message(exc))
+    if lock is None:  # one worker at a time undoes a run
+        raise _NotWaiting(f"Run #{run.pk} is being rolled back by another worker.")
+    try:
+        # Taken up under the lock: from here on a free lock means that this worker died.
+        taken = SyncRun.objects.filter(pk=run.pk, status=RunStatus.ROLLING_BACK).update(
+            phase=PHASE_ROLLING_BACK
+        )
+        if not taken:  # undone while this task waited
+            raise _NotWaiting(f"Run #{run.pk} is not waiting to be rolled back any more.")
+        run.phase = PHASE_ROLLING_BACK
+        return _rollback_claimed(run, actor, log)
+    finally:
+        lock.close()
+
+
+def _rollback_claimed(run: SyncRun, actor, log: _Log) -> SyncRun:
+    """The body of :func:`run_rollback_apply`, under the run's worker lock."""
     log(f"rollback requested by {run.rollback_requested_by or actor}; undoing")
     # A caller's open transaction holds the run's row (it asked for the rollback in it): the
     # side connection's progress writes would wait for it forever.
     progress = pipeline.Progress(run) if not connection.in_atomic_block else None
     try:
         with write_as(actor):
-            with connection.cursor() as cur:
-                cur.execute(
-                    "SELECT pg_try_advisory_xact_lock(%s, (%s %% 2147483647)::integer)",
-                    [ROLLBACK_LOCK_SPACE, run.pk],
-                )
-                if not cur.fetchone()[0]:
-                    raise _NotWaiting(f"Run #{run.pk} is being rolled back by another worker.")
             run.refresh_from_db()
             if run.status != RunStatus.ROLLING_BACK:  # undone while this task waited
                 raise _NotWaiting(

@@ -50,6 +50,14 @@ def rollback_run(run_id: int) -> str:
         return "; ".join(exc.messages)
 
 
+@shared_task(base=ActorTask, name="integrations.reap_abandoned_runs")
+def reap_abandoned_runs() -> str:
+    """Beat's sweep (bxos/common/schedules.py): finish the runs whose worker died, so that the
+    admin shows the truth even when nobody starts a new run."""
+    reaped = services.runs_reap_abandoned(actor=current_actor())
+    return f"{len(reaped)} abandoned run(s) finished"
+
+
 @shared_task(base=ActorTask, name="integrations.scheduled_sync")
 def scheduled_sync(definition_id: int) -> str:
     """Beat's entry for a definition's schedule: start a run and execute it here (this is

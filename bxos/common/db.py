@@ -197,6 +197,36 @@ def safe_change_version(wait_seconds: float = 5.0, *, remember: bool = True) -> 
     return version
 
 
+def own_connection(*, application_name: str, keepalive: bool = False):
+    """A new autocommit psycopg connection to the default database that Django does not manage:
+    Django closes and reopens its own connections between tasks and after errors, never this
+    one, so a session-level lock taken on it lasts exactly as long as the caller keeps it open.
+    The caller closes it.
+
+    ``keepalive``: for a connection that stays idle while it holds something (a run's worker
+    lock). PostgreSQL sees a client process that died at once (its socket is closed), but a
+    client machine that vanished only when TCP keepalives give up (two hours by the operating
+    system's default), and a firewall may drop a connection idle for minutes; probes every
+    minute, from both ends, answer both.
+    """
+    import psycopg
+
+    params = {**connections[DEFAULT_DB_ALIAS].get_connection_params()}
+    params["application_name"] = application_name[:63]
+    if keepalive:
+        params.update(keepalives=1, keepalives_idle=60, keepalives_interval=10, keepalives_count=6)
+    conn = psycopg.connect(**params, autocommit=True)
+    if keepalive:
+        # Ignored on a Unix socket. idle_session_timeout: a server-wide setting must not end it.
+        conn.execute(
+            "SELECT set_config('tcp_keepalives_idle', '60', false), "
+            "set_config('tcp_keepalives_interval', '10', false), "
+            "set_config('tcp_keepalives_count', '6', false), "
+            "set_config('idle_session_timeout', '0', false)"
+        )
+    return conn
+
+
 def current_change_version() -> int:
     """The newest change version handed out so far (0 when none)."""
     with connection.cursor() as cursor:

@@ -15,18 +15,15 @@ has no push outcome; the push cursor did not move, so the next run pushes from t
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from datetime import time as clock
 
 import pytest
 
 from bxos.common.services import model_update
-from integrations import services, tasks
+from integrations import services
 from integrations.choices import RunStatus
 from integrations.models import PushedAction, SyncRun
-from tests.celery_worker import celery_worker
+from tests.integrations.held_worker import worker_waiting_on
 from tests.integrations.test_bidirectional import (
     SCHOOL,
     STUDENT,
@@ -40,8 +37,6 @@ from tests.integrations.test_bidirectional import (
 from tests.integrations.test_edfi_push_action_removal import ACTIONS, bx_actions, remove
 
 pytestmark = pytest.mark.usefixtures("loopback")
-
-WAIT = 90  # seconds, at most, for the worker to reach the held POST
 
 
 def sync_here(definition, actor) -> SyncRun:
@@ -64,23 +59,11 @@ def killed_after_the_action_post(definition, peer, actor, monkeypatch) -> tuple[
     """Run a sync on a real worker and SIGKILL it while the peer holds its answer to the
     discipline action POST (applied already). Returns the run and the records as they were
     while the answer was held."""
-    held = peer.hold_answer("POST", ACTIONS)
-    # The worker's settings must let it reach the peer on 127.0.0.1, as the tests' do.
-    monkeypatch.setenv("OUTBOUND_ALLOW_LOOPBACK", "1")
-    with celery_worker() as worker:
-        run = services.run_start(definition=definition, actor=actor, enqueue=False)
-        tasks.run_sync.apply_async(args=[run.pk], queue=worker.queue)
-        deadline = time.monotonic() + WAIT
-        while not held.applied.wait(0.2):
-            if not worker.alive() or time.monotonic() > deadline:
-                break
-        applied = held.applied.is_set()
+    run = services.run_start(definition=definition, actor=actor, enqueue=False)
+    with worker_waiting_on(peer, monkeypatch, run, method="POST", match=ACTIONS) as waiting:
         # Read while the worker waits for the answer: what it committed before the POST.
         while_held = records(definition)
-        os.kill(worker.process.pid, signal.SIGKILL)
-        worker.process.wait(timeout=20)
-        held.release.set()
-    assert applied, f"the worker never sent the action; its output:\n{worker.output[-3000:]}"
+        waiting.kill()
     run.refresh_from_db()
     return run, while_held
 
