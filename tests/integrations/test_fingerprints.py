@@ -517,7 +517,8 @@ def test_after_a_complete_run_staging_reads_only_the_hub_rows_written_since(
 
     def kept_statement(entity: str) -> str:
         """The statement that fingerprints the staged rows and decides which are kept."""
-        found = [q["sql"] for q in queries.captured_queries if f'_{entity}_fp" AS' in q["sql"]]
+        made = f'CREATE UNLOGGED TABLE sync_stage."r{again.pk}_{entity}_fp"'
+        found = [q["sql"] for q in queries.captured_queries if made in q["sql"]]
         assert len(found) == 1
         return found[0]
 
