@@ -7,6 +7,7 @@ the admin, the tasks and the inbound endpoint only call these.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -14,6 +15,7 @@ import logging
 import secrets as pysecrets
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -504,6 +506,33 @@ def _take_worker_lock(run_id: int) -> psycopg.Connection | None:
     return conn
 
 
+@contextlib.contextmanager
+def _taken_up(
+    run: SyncRun,
+    lock: psycopg.Connection | None,
+    *,
+    phase: str,
+    refused: type[ValidationError],
+    busy: str,
+    gone: str,
+    still: Q,
+) -> Iterator[None]:
+    """A waiting run (an approved run, a rollback asked for) taken up by this worker under
+    its worker lock (``lock``, from :func:`_take_worker_lock`; None: another worker holds it):
+    its phase leaves the waiting one while the run is ``still`` so, and from then on a free
+    lock means that this worker died. The lock is let go when the block ends. ``refused``
+    (with ``busy`` or ``gone``) when another worker has it or it no longer waits."""
+    if lock is None:
+        raise refused(f"Run #{run.pk} is {busy}.")
+    try:
+        if not SyncRun.objects.filter(still, pk=run.pk).update(phase=phase):
+            raise refused(f"Run #{run.pk} is {gone}.")
+        run.phase = phase
+        yield
+    finally:
+        lock.close()
+
+
 def _no_lock_message(exc: psycopg.Error) -> str:
     return (
         "The worker could not open the database connection that shows it is at work on this "
@@ -926,19 +955,16 @@ def run_apply_approved(*, run: SyncRun, actor) -> SyncRun:
         lock = _take_worker_lock(run.pk)
     except psycopg.Error as exc:
         return _finish_failed(run, log, _no_lock_message(exc), counts=False, warnings=run.warnings)
-    if lock is None:
-        raise ValidationError(f"Run #{run.pk} is being applied by another worker.")
-    try:
-        # Taken up under the lock: from here on a free lock means that this worker died.
-        taken = SyncRun.objects.filter(
-            pk=run.pk, status=RunStatus.RUNNING, decided_at__isnull=False
-        ).update(phase=PHASE_APPLYING)
-        if not taken:
-            raise ValidationError(f"Run #{run.pk} is not an approved run waiting to be applied.")
-        run.phase = PHASE_APPLYING
+    with _taken_up(
+        run,
+        lock,
+        phase=PHASE_APPLYING,
+        refused=ValidationError,
+        busy="being applied by another worker",
+        gone="not an approved run waiting to be applied",
+        still=Q(status=RunStatus.RUNNING, decided_at__isnull=False),
+    ):
         return _apply_claimed(run, actor, log)
-    finally:
-        lock.close()
 
 
 def _apply_claimed(run: SyncRun, actor, log: _Log) -> SyncRun:
@@ -1102,19 +1128,16 @@ def run_rollback_apply(*, run: SyncRun, actor) -> SyncRun:
         lock = _take_worker_lock(run.pk)
     except psycopg.Error as exc:
         return _rollback_failed(run, log, _no_lock_message(exc))
-    if lock is None:  # one worker at a time undoes a run
-        raise _NotWaiting(f"Run #{run.pk} is being rolled back by another worker.")
-    try:
-        # Taken up under the lock: from here on a free lock means that this worker died.
-        taken = SyncRun.objects.filter(pk=run.pk, status=RunStatus.ROLLING_BACK).update(
-            phase=PHASE_ROLLING_BACK
-        )
-        if not taken:  # undone while this task waited
-            raise _NotWaiting(f"Run #{run.pk} is not waiting to be rolled back any more.")
-        run.phase = PHASE_ROLLING_BACK
+    with _taken_up(  # one worker at a time undoes a run
+        run,
+        lock,
+        phase=PHASE_ROLLING_BACK,
+        refused=_NotWaiting,
+        busy="being rolled back by another worker",
+        gone="not waiting to be rolled back any more",  # undone while this task waited
+        still=Q(status=RunStatus.ROLLING_BACK),
+    ):
         return _rollback_claimed(run, actor, log)
-    finally:
-        lock.close()
 
 
 def _rollback_claimed(run: SyncRun, actor, log: _Log) -> SyncRun:
