@@ -580,6 +580,36 @@ def runs_reap_abandoned(*, actor, definition: SyncDefinition | None = None) -> l
     return reaped
 
 
+#: A queued run no worker has taken for this long is sent to the workers again.
+QUEUED_RESEND_AFTER = timezone.timedelta(minutes=10)
+
+
+def runs_resend_queued(*, after=QUEUED_RESEND_AFTER) -> list[int]:
+    """Send the task of every run queued for longer than ``after`` again; returns their ids.
+
+    A queued run's message can be lost: the broker was down when the run's transaction
+    committed, Redis lost its data, or ``scheduled_sync`` died between creating the run and
+    executing it (its redelivery then finds the run "still queued" and starts nothing). The
+    run would stay queued, and ``run_start`` refuses a new run of its definition while one is.
+    A second message is harmless: ``run_execute`` runs a run only while it is queued, under
+    its worker lock, so of two deliveries one works and the other finds it taken (a run still
+    waiting behind a busy worker gets a spare message, no more: one per sweep)."""
+    cutoff = timezone.now() - after
+    ids = list(
+        SyncRun.objects.filter(status=RunStatus.QUEUED, queued_at__lte=cutoff).values_list(
+            "pk", flat=True
+        )
+    )
+    stamp = timezone.localtime().strftime("%H:%M")
+    for run_id in ids:
+        # Bookkeeping the run's page shows, not a change of the run: no audit entry.
+        SyncRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+            phase=f"No worker had taken it; sent to the workers again at {stamp}"
+        )
+        _enqueue(run_id)
+    return ids
+
+
 def _reap(run_id: int, *, actor) -> SyncRun | None:
     """Finish one abandoned run, saying what its worker's death left: nothing merged (a
     merge, an apply) or nothing undone (a rollback), each being one transaction that commits

@@ -53,9 +53,12 @@ def rollback_run(run_id: int) -> str:
 @shared_task(base=ActorTask, name="integrations.reap_abandoned_runs")
 def reap_abandoned_runs() -> str:
     """Beat's sweep (bxos/common/schedules.py): finish the runs whose worker died, so that the
-    admin shows the truth even when nobody starts a new run."""
+    admin shows the truth even when nobody starts a new run, and send again the runs queued
+    so long that their message was probably lost."""
     reaped = services.runs_reap_abandoned(actor=current_actor())
-    return f"{len(reaped)} abandoned run(s) finished"
+    resent = services.runs_resend_queued()
+    message = f"{len(reaped)} abandoned run(s) finished"
+    return message + (f"; {len(resent)} queued run(s) sent again" if resent else "")
 
 
 @shared_task(base=ActorTask, name="integrations.scheduled_sync")

@@ -16,7 +16,8 @@ DEFAULT_SCHEDULES: dict[str, tuple[str, int, str]] = {
     "Purge old API rate-limit counters": ("api.purge_rate_counters", 30, "minutes"),
     # The guarantee of webhook delivery: reclaims dead workers' leases, sends what is due.
     "Sweep webhook deliveries": ("webhooks.sweep", 5, "seconds"),
-    # A sync run whose worker died (its lock is free) is finished, failed, and says so.
+    # A sync run whose worker died (its lock is free) is finished, failed, and says so; a run
+    # queued so long that its message was probably lost is sent to the workers again.
     "Finish abandoned sync runs": ("integrations.reap_abandoned_runs", 5, "minutes"),
 }
 

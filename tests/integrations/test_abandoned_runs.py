@@ -12,9 +12,11 @@ SIGKILLed while it waits, or the answer is let go.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from auditlog.models import LogEntry
+from celery import current_app
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import connection
@@ -26,8 +28,9 @@ from bxos.common.audit import system_actor
 from bxos.common.schedules import ensure_periodic_tasks
 from bxos.schools.models import Student
 from integrations import pipeline, services, tasks
-from integrations.choices import CircuitState, RunStatus
+from integrations.choices import ACTIVE, CircuitState, RunStatus
 from integrations.models import SyncDefinition, SyncRun
+from tests.celery_worker import celery_worker
 from tests.integrations.held_worker import worker_waiting_on
 from tests.integrations.test_bidirectional import SOURCE, STUDENT, make_definition
 
@@ -182,6 +185,39 @@ def test_the_beat_task_fails_a_run_whose_worker_was_killed(north, system, peer, 
     assert tasks.reap_abandoned_runs() == "0 abandoned run(s) finished"
     run = services.run_start(definition=definition, actor=system, enqueue=False)
     assert services.run_execute(run=run, actor=system).status == RunStatus.SUCCEEDED
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_run_whose_message_was_lost_is_sent_again_and_runs(
+    north, system, peer, monkeypatch
+):
+    definition = make_definition(north, system, peer)
+    # Committed queued, and its task never sent (the broker was down when it committed, say).
+    run = services.run_start(definition=definition, actor=system, enqueue=False)
+    # A fresh queued run is waiting for a worker, not lost: nothing is sent yet.
+    assert tasks.reap_abandoned_runs() == "0 abandoned run(s) finished"
+    SyncRun.objects.filter(pk=run.pk).update(queued_at=timezone.now() - timedelta(minutes=11))
+    with pytest.raises(ValidationError, match="still queued"):
+        services.run_start(definition=definition, actor=system, enqueue=False)
+
+    # The worker reaches the peer on 127.0.0.1, as the tests do; what the sweep sends goes to
+    # this test's worker (its own queue), not to a developer's.
+    monkeypatch.setenv("OUTBOUND_ALLOW_LOOPBACK", "1")
+    with celery_worker() as worker:
+        monkeypatch.setitem(current_app.conf, "task_default_queue", worker.queue)
+        said = tasks.reap_abandoned_runs()  # the beat task's body
+        assert said == "0 abandoned run(s) finished; 1 queued run(s) sent again"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and worker.alive():
+            run.refresh_from_db()
+            if run.status not in ACTIVE:
+                break
+            time.sleep(0.2)
+    assert run.status == RunStatus.SUCCEEDED, (run.message, worker.output[-2000:])
+    assert edfi_students(north).exists()
+    # Once run, nothing is sent again.
+    assert tasks.reap_abandoned_runs() == "0 abandoned run(s) finished"
 
 
 # --- approvals and rollbacks: waiting in the queue, or taken up by a worker --------------------
