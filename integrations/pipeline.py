@@ -1710,17 +1710,39 @@ class Merger:
         # With fingerprints, the table of every staged row (mapped or kept at staging as
         # unchanged: both are in the source) says the same as the mapped table says alone.
         present = st.fingerprints or st.table
+        if st.fingerprints and "_kept" in self._columns(cur, st.fingerprints):
+            # A kept record's hub row is the one its fingerprint names (stored by source id,
+            # and unchanged since): the 99% are matched by that id, a hash of integers, and
+            # only the rest by source id, a hash of text.
+            seen = (
+                f"NOT EXISTS (SELECT 1 FROM {present} k WHERE k._kept AND k._hub_id = t.id) "
+                f"AND NOT EXISTS (SELECT 1 FROM {present} m "
+                "WHERE NOT m._kept AND m._sid = t.source_id AND NOT m._deleted)"
+            )
+        else:
+            seen = (
+                f"NOT EXISTS (SELECT 1 FROM {present} m "
+                "WHERE m._sid = t.source_id AND NOT m._deleted)"
+            )
         cur.execute(
             f"""
             SELECT t.id FROM {q(spec.table)} t
             WHERE t.district_id = %(district)s AND t.source_system = %(source)s
-              AND t.source_id <> ''{active}
-              AND NOT EXISTS (SELECT 1 FROM {present} m
-                              WHERE m._sid = t.source_id AND NOT m._deleted)
+              AND t.source_id <> ''{active} AND {seen}
             """,
             p,
         )
         return [r[0] for r in cur.fetchall()]
+
+    @staticmethod
+    def _columns(cur, table: str) -> set[str]:
+        """A staging table's columns (one staged by an earlier version may lack some)."""
+        cur.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped",
+            [table],
+        )
+        return {r[0] for r in cur.fetchall()}
 
     def _dropped_items(self, cur, spec, st: Staged, active: str, p) -> set[int]:
         """Rows exploded from a parent this incomplete read carried (its list is complete) that
