@@ -30,8 +30,9 @@ row gets a fingerprint (a 64-bit hash of the mapping's signature, its own text a
 joined rows'), and a row whose fingerprint and hub row (same change version) are as the last
 merge stored them is neither mapped, validated nor merged; it counts as unchanged, and as
 present for removals. The merge re-checks kept rows' hub rows in its transaction and stores the
-fingerprints of what it left (``RecordFingerprint``). Not for exploded lists (see
-:func:`fingerprinted`).
+fingerprints of what it left (``RecordFingerprint``). Every entity is: a list exploded into
+records per item, an effective-dated one against its current period (see
+Stager._keep_unchanged).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from psycopg import sql as psql
 
 from bxos.common import events
 from bxos.common.audit import audit_bulk
-from bxos.common.db import safe_change_version
+from bxos.common.db import own_connection, safe_change_version
 from integrations import entities as ent
 from integrations import transforms
 from integrations.choices import ErrorStatus
@@ -154,18 +155,16 @@ def hash_joins(cur, *, rows: int | None = None) -> Iterator[None]:
     )
 
 
-def fingerprinted(spec: ent.EntitySpec, read: EntityRead) -> bool:
-    """Whether records unchanged since the last run are skipped for this entity: all are.
-
-    A read that explodes a list into records (a user's orgs, a guardian's students) is
-    fingerprinted per item: the item's record is its parent row with the item, under the
-    item's own source id (``parent:item``), as the hub row is. Effective-dated entities are
-    too: a record's fingerprint is checked against its *current* period's row (the one
-    without an end), and what depends on today in their merge (a change's new period starts
-    today when the source gives no date; a date after today is refused) concerns only changed
-    or failed records, which are never kept.
-    """
-    return True
+def staging_columns(table: str) -> list[str]:
+    """A staging table's columns, in order (one staged by an earlier version, for a held run,
+    may lack some)."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum",
+            [table],
+        )
+        return [r[0] for r in cur.fetchall()]
 
 
 def fingerprint_mark(definition, entity: str) -> int | None:
@@ -220,8 +219,8 @@ class Progress:
     def _connection(self) -> psycopg.Connection | None:
         if self._conn is None:
             try:
-                params = connection.get_connection_params()
-                self._conn = psycopg.connect(**params, autocommit=True)
+                name = f"bxos progress of sync run #{self.run.pk}"
+                self._conn = own_connection(application_name=name)
             except Exception:  # progress is a courtesy; a failure must not fail the run
                 logger.exception("progress connection failed")
                 return None
@@ -341,12 +340,9 @@ class Stager:
         else:
             columns, file_sql, sid_sql, deleted_sql = self._stage_records(read, raw, needed)
         raw = self._inject_retries(entity, raw, columns, read)
-        kept = None
-        kept_rows = 0
-        if fingerprinted(spec, read):
-            kept, kept_rows = self._keep_unchanged(
-                spec, read, raw, columns, rules, crosswalks, sid_sql, deleted_sql
-            )
+        kept, kept_rows = self._keep_unchanged(
+            spec, read, raw, columns, rules, crosswalks, sid_sql, deleted_sql
+        )
         mapped = self.table_name(entity)
         parents = None
         if read.explode and not read.complete:
@@ -377,10 +373,10 @@ class Stager:
             key_changes=list(read.key_changes),
             targets=targets,
             parents=parents,
-            kept=kept[0] if kept else None,
-            fingerprints=kept[1] if kept else None,
-            defaults=kept[2] if kept else None,
-            kept_seen=kept[3] if kept else None,
+            kept=kept[0],
+            fingerprints=kept[1],
+            defaults=kept[2],
+            kept_seen=kept[3],
             kept_rows=kept_rows,
             joins=self._join_refs(read),
             retry_key=_retry_key(read),
@@ -429,6 +425,14 @@ class Stager:
 
         Never kept: records retried from earlier errors, rows the read marks deleted, and a
         source id the read has more than once (the duplicate must still fail validation).
+
+        Every entity is fingerprinted. A read that explodes a list into records (a user's orgs,
+        a guardian's students) per item: the item's record is its parent row with the item,
+        under the item's own source id (``parent:item``), as the hub row is. An effective-dated
+        entity against its *current* period's row (the one without an end): what depends on
+        today in its merge (a change's new period starts today when the source gives no date;
+        a date after today is refused) concerns only changed or failed records, never kept.
+
         Returns ((kept table, fingerprint table, hub defaults as seen now, the change version
         every hub row the statement saw is at or below), kept rows).
         """
@@ -448,8 +452,7 @@ class Stager:
             parts.append("x._item")  # an exploded record is its parent row and its item
         fp = FINGERPRINT_HASH.format(f"concat_ws(E'\\x1e', {', '.join(parts)})")
         with connection.cursor() as cur:
-            cur.execute(f"DROP VIEW IF EXISTS {kept}")
-            cur.execute(f"DROP TABLE IF EXISTS {fps} CASCADE")
+            cur.execute(f"DROP TABLE IF EXISTS {fps} CASCADE")  # and the view of its kept rows
             # An upper bound of the records (the read's filter is not applied): enough to
             # decide whether the statement below hashes.
             cur.execute(f"SELECT count(*) FROM {raw}")
@@ -1009,14 +1012,13 @@ class Stager:
                 f"{', '.join(missing)} (left empty)"
             )
         compiled = transforms.compile_rules(rules, column=column, crosswalks=crosswalks)
+        explode, item_sid = self._explode_sql(read, column, sid_sql)
         selects = [
             "r._line AS _line",
             f"{file_sql} AS _file",
-            f"{sid_sql} AS _sid",
+            f"{item_sid} AS _sid",
             f"{deleted_sql} AS _deleted",
         ]
-        explode, item_sid = self._explode_sql(read, column, sid_sql)
-        selects[2] = f"{item_sid} AS _sid"
         targets = []
         for c in compiled:
             if c.target not in {t.name for t in spec.targets}:
@@ -1130,13 +1132,7 @@ class Stager:
 
     def _raw_columns(self, table: str) -> list[str]:
         """A staging table's columns other than its line and file, in order."""
-        with connection.cursor() as cur:
-            cur.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                "AND NOT attisdropped AND attname NOT IN ('_line', '_file') ORDER BY attnum",
-                [table],
-            )
-            return [r[0] for r in cur.fetchall()]
+        return [c for c in staging_columns(table) if c not in ("_line", "_file")]
 
     def _validate(
         self, spec: ent.EntitySpec, raw: str, mapped: str, targets: list[str], read
@@ -1710,7 +1706,7 @@ class Merger:
         # With fingerprints, the table of every staged row (mapped or kept at staging as
         # unchanged: both are in the source) says the same as the mapped table says alone.
         present = st.fingerprints or st.table
-        if st.fingerprints and "_kept" in self._columns(cur, st.fingerprints):
+        if st.fingerprints and "_kept" in staging_columns(st.fingerprints):
             # A kept record's hub row is the one its fingerprint names (stored by source id,
             # and unchanged since): the 99% are matched by that id, a hash of integers, and
             # only the rest by source id, a hash of text.
@@ -1733,16 +1729,6 @@ class Merger:
             p,
         )
         return [r[0] for r in cur.fetchall()]
-
-    @staticmethod
-    def _columns(cur, table: str) -> set[str]:
-        """A staging table's columns (one staged by an earlier version may lack some)."""
-        cur.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-            "AND NOT attisdropped",
-            [table],
-        )
-        return {r[0] for r in cur.fetchall()}
 
     def _dropped_items(self, cur, spec, st: Staged, active: str, p) -> set[int]:
         """Rows exploded from a parent this incomplete read carried (its list is complete) that
