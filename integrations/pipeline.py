@@ -90,7 +90,7 @@ FALSE_WORDS = ("false", "f", "0", "no", "n")
 
 #: Part of every fingerprint's signature: raise it when a change to the mapping code (not the
 #: rules) changes what a record maps to, so that no record is skipped on a stale fingerprint.
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 
 #: The fingerprint hash: PostgreSQL's 64-bit hashtextextended (its hash partitioning's), about
 #: half md5's cost over a million rows; a false match needs a 2**-64 collision between a
@@ -101,8 +101,8 @@ FINGERPRINT_HASH = "hashtextextended({}, 0)"
 def hub_defaults(spec: ent.EntitySpec, district_id: int) -> str:
     """md5 of the values the merge fills in for fields a record leaves empty (today's school
     year, its start): they come from the hub, not the record, so a fingerprint holds only
-    while they are the same. Stored fingerprints are the hash of (this || the record's
-    fingerprint), with this as the merge that stored them saw it."""
+    while they are the same. A stored fingerprint is the record's combined with
+    :func:`defaults_key` of this, as the merge that stored it saw it."""
     defaults = [t for t in spec.targets if t.default_sql]
     values: list = []
     if defaults:
@@ -113,6 +113,14 @@ def hub_defaults(spec: ent.EntitySpec, district_id: int) -> str:
             )
             values = list(cur.fetchone())
     return hashlib.md5(json.dumps(values).encode()).hexdigest()
+
+
+def defaults_key(defaults: str) -> int:
+    """:func:`hub_defaults` as a signed 64-bit integer, XORed (``#``) into a record's
+    fingerprint to make the one stored: an integer operation per row where hashing the two
+    together as text was about 0.4 s of a re-run's million enrollments. A false match would
+    still need two different texts' hashes to differ by exactly this key (2**-64)."""
+    return int.from_bytes(bytes.fromhex(defaults[:16]), "big", signed=True)
 
 
 HASH_WORK_MEM = "128MB"
@@ -320,6 +328,9 @@ class Stager:
         # And each joined file is grouped (or de-duplicated) by its key once per run:
         # (table, key, aggregates) -> the table of one row per key (_joined_table).
         self._joined_tables: dict[tuple, str] = {}
+        # Rows in each staging table of records, as loading counted them (a count(*) of the
+        # enrollments' million rows is 0.1 s of a re-run).
+        self._rows: dict[str, int] = {}
 
     def table_name(self, entity: str, suffix: str = "") -> str:
         return f"{SCHEMA}.{q(f'r{self.run.pk}_{entity}{suffix}')}"
@@ -455,8 +466,10 @@ class Stager:
             cur.execute(f"DROP TABLE IF EXISTS {fps} CASCADE")  # and the view of its kept rows
             # An upper bound of the records (the read's filter is not applied): enough to
             # decide whether the statement below hashes.
-            cur.execute(f"SELECT count(*) FROM {raw}")
-            rows = cur.fetchone()[0]
+            rows = self._rows.get(raw)
+            if rows is None:
+                cur.execute(f"SELECT count(*) FROM {raw}")
+                rows = cur.fetchone()[0]
         # Every change at or below this version is committed, so the statement below sees it;
         # any later change has a higher version, which lets the merge check cheaply whether a
         # kept record's hub row changed in between (Merger._recheck_kept).
@@ -505,8 +518,12 @@ class Stager:
         # One pass: every staged row's fingerprint, and whether it is kept. The table holds
         # every row (the merge finds removals against it) and the kept ones are a view of it
         # (the merge rechecks them); mapping reads the few that are not kept.
+        # The row's ctid lets mapping fetch the few rows not kept without reading the rest.
+        # The source id's 64-bit hash finds the ids staged twice: grouping a million of them
+        # as text was about 0.3 s more, and a collision only leaves a record not kept.
         staged = (
-            f"SELECT r._line AS _line, ({item_sid}) AS _sid, ({deleted_sql}) AS _deleted, "
+            f"SELECT r._line AS _line, r.ctid AS _ctid, ({item_sid}) AS _sid, "
+            f"{FINGERPRINT_HASH.format(f'({item_sid})')} AS _sh, ({deleted_sql}) AS _deleted, "
             f"{fp} AS _fp FROM {raw} r{joined}{explode}{filtered}"
         ).replace("%", "%%")  # source text (a column's name) inside a statement with parameters
         with transaction.atomic(), connection.cursor() as cur, hash_joins(cur, rows=rows):
@@ -514,24 +531,27 @@ class Stager:
                 f"""
                 CREATE UNLOGGED TABLE {fps} {STAGING_OPTIONS} AS
                 WITH f AS MATERIALIZED ({staged}), dups AS MATERIALIZED (
-                    SELECT d._sid FROM f d GROUP BY d._sid HAVING count(*) > 1
+                    SELECT d._sh FROM f d GROUP BY d._sh HAVING count(*) > 1
                 )
-                SELECT f._line, f._sid, f._deleted, f._fp, s.hub_id AS _hub_id,
+                SELECT f._line, f._ctid, f._sid, f._deleted, f._fp, s.hub_id AS _hub_id,
                        s.hub_change_version AS _cv,
                        coalesce(s.hub_id IS NOT NULL AND f._line < 2000000000 AND NOT f._deleted
-                                AND dups._sid IS NULL{unchanged}, false) AS _kept
+                                AND dups._sh IS NULL{unchanged}, false) AS _kept
                 FROM f
-                LEFT JOIN dups ON dups._sid = f._sid
+                LEFT JOIN dups ON dups._sh = f._sh
                 LEFT JOIN integrations_recordfingerprint s ON s.definition_id = %(definition)s
                   AND s.entity = %(entity)s AND s.source_id = f._sid
-                  AND s.fingerprint = {FINGERPRINT_HASH.format("%(defaults)s || f._fp::text")}
+                  AND s.fingerprint = f._fp # %(defaults)s::bigint
                 {hub}
                 """,
-                {**self._params(spec.name), "defaults": defaults},
+                {**self._params(spec.name), "defaults": defaults_key(defaults)},
             )
             cur.execute(
                 f"CREATE VIEW {kept} AS SELECT _line, _sid, _hub_id, _cv FROM {fps} WHERE _kept"
             )
+            # How many are kept, for the planner: unanalyzed, it took the 1% a re-run maps
+            # for a sixth of the table and hashed every staged row to find them.
+            cur.execute(f"ANALYZE {fps} (_kept)")
             cur.execute(f"SELECT count(*) FILTER (WHERE _kept) FROM {fps}")
             count = cur.fetchone()[0]
         if count:
@@ -639,6 +659,7 @@ class Stager:
         errors: list[RecordError] = []
         loaded = self._load_csv(source, table, header, encoding, entity, errors)
         self._files[key] = (table, loaded, errors)
+        self._rows[table] = loaded
         return table, loaded
 
     def _warn_unknown(self, where: str, fields, read: EntityRead) -> None:
@@ -815,6 +836,7 @@ class Stager:
                     self.progress.update(phase=f"Reading {read.entity} ({count} records)")
         self._warn_unknown(read.entity, sorted(unknown), read)
         self.log(f"{read.entity}: staged {count} records")
+        self._rows[raw] = count
         return set(columns) | {"_file", "_sid", "_deleted"}, "r._file", "r._sid", "r._deleted"
 
     # -- retries of records that failed in earlier runs
@@ -844,6 +866,7 @@ class Stager:
         ).exclude(run=self.run)
         if not pending.exists():
             return raw
+        staged = self._rows.get(raw)
         if read.csv is not None:
             own = self.table_name(entity, "_raw")
             with connection.cursor() as cur:
@@ -881,6 +904,8 @@ class Stager:
                 params,
             )
             retried = cur.rowcount
+        if staged is not None:
+            self._rows[raw] = staged + retried
         if retried:
             self.log(f"{entity}: retrying {retried} record(s) that failed before")
             if read.csv is not None:
@@ -1033,17 +1058,23 @@ class Stager:
             # fingerprint is carried along so the merge can store it for the rest. A row (an
             # exploded item: its line and source id) is one record of the fingerprint table.
             selects.append("f._fp AS _fp")
-            item = f" AND f._sid = {item_sid}" if read.explode else ""
-            explode += (
-                f" JOIN (SELECT _line, _sid, _fp FROM {kept[1]} WHERE NOT _kept) f "
-                f"ON f._line = r._line{item}"
+            where = [f"f._sid = {item_sid}"] if read.explode else []
+            if filtered:
+                where.append(filtered.removeprefix(" WHERE "))
+            filtered = f" WHERE {' AND '.join(where)}" if where else ""
+            # The rows not kept, fetched by their ctid (a tid scan each): a join by line
+            # read all the staged rows to find the 1% a re-run maps.
+            source = (
+                f"(SELECT _ctid, _sid, _fp FROM {kept[1]} WHERE NOT _kept) f "
+                f"JOIN {raw} r ON r.ctid = f._ctid{joined}{explode}"
             )
+        else:
+            source = f"{raw} r{joined}{explode}"
         with connection.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {mapped}")
             cur.execute(
                 f"CREATE UNLOGGED TABLE {mapped} {STAGING_OPTIONS} AS "
-                f"SELECT {', '.join(selects)}, false AS _bad "
-                f"FROM {raw} r{joined}{explode}{filtered}"
+                f"SELECT {', '.join(selects)}, false AS _bad FROM {source}{filtered}"
             )
             if parents is not None:
                 # Every parent row read, including those whose list is now empty (they explode
@@ -1720,15 +1751,18 @@ class Merger:
                 f"NOT EXISTS (SELECT 1 FROM {present} m "
                 "WHERE m._sid = t.source_id AND NOT m._deleted)"
             )
-        cur.execute(
-            f"""
-            SELECT t.id FROM {q(spec.table)} t
-            WHERE t.district_id = %(district)s AND t.source_system = %(source)s
-              AND t.source_id <> ''{active} AND {seen}
-            """,
-            p,
-        )
-        return [r[0] for r in cur.fetchall()]
+        # The district's rows are hashed against the staged ones: with the default work_mem
+        # a million of them spilled to disk in 16 batches (0.3 s of a re-run).
+        with hash_joins(cur, rows=st.rows + st.kept_rows):
+            cur.execute(
+                f"""
+                SELECT t.id FROM {q(spec.table)} t
+                WHERE t.district_id = %(district)s AND t.source_system = %(source)s
+                  AND t.source_id <> ''{active} AND {seen}
+                """,
+                p,
+            )
+            return [r[0] for r in cur.fetchall()]
 
     def _dropped_items(self, cur, spec, st: Staged, active: str, p) -> set[int]:
         """Rows exploded from a parent this incomplete read carried (its list is complete) that
@@ -1829,15 +1863,18 @@ class Merger:
         Inside the merge's transaction: a held or failed run stores nothing.
 
         An effective-dated record's hub row is its current period (its earlier ones share
-        its source id)."""
+        its source id).
+
+        The fingerprint stored is the record's combined with the hub's defaults as this
+        merge sees them (it may have merged a new school year: the next run compares against
+        those)."""
         current = " AND t.valid_to IS NULL" if spec.effective_dated else ""
         with hash_joins(cur, rows=rows):
             cur.execute(
                 f"""
                 INSERT INTO integrations_recordfingerprint
                     (definition_id, entity, source_id, fingerprint, hub_id, hub_change_version)
-                SELECT %(definition)s, %(entity)s, r._sid,
-                       {FINGERPRINT_HASH.format("%(defaults)s || r._fp::text")},
+                SELECT %(definition)s, %(entity)s, r._sid, r._fp # %(defaults)s::bigint,
                        t.id, t.change_version
                 FROM {res} r JOIN {q(spec.table)} t ON t.district_id = %(district)s
                   AND t.source_system = %(source)s AND t.source_id = r._sid
@@ -1852,7 +1889,7 @@ class Merger:
                       IS DISTINCT FROM
                       (EXCLUDED.fingerprint, EXCLUDED.hub_id, EXCLUDED.hub_change_version)
                 """,
-                {**p, "defaults": hub_defaults(spec, self.run.district_id)},
+                {**p, "defaults": defaults_key(hub_defaults(spec, self.run.district_id))},
             )
         # By source id, through the primary key: one "OR" over all three made PostgreSQL read
         # every fingerprint of the entity (a million) to forget a few.
@@ -2282,7 +2319,12 @@ def analyze_written(results: dict[str, EntityResult]) -> None:
     until autovacuum gets to them the planner takes the district for empty. The next run's
     small statements (a re-run's 1%) then walk the district's rows once per record instead of
     using the lineage index. Outside the merge's transaction: ANALYZE holds its lock to the
-    end of the transaction, and two districts' merges must not queue behind each other."""
+    end of the transaction, and two districts' merges must not queue behind each other.
+
+    Outside any transaction (a worker's run) it is ``VACUUM (ANALYZE)``, as PostgreSQL's
+    advice for bulk loads has it: the next statement to read a million freshly inserted rows
+    otherwise sets each one's hint bits (the next run's removals check paid about 0.4 s), and
+    autovacuum, woken by the inserts, would do the same work in the middle of the next run."""
     written: dict[str, int] = {}
     for name, result in results.items():
         table = ent.spec(name).table
@@ -2299,7 +2341,8 @@ def analyze_written(results: dict[str, EntityResult]) -> None:
         )
         for table, tuples in cur.fetchall():
             if written[table] >= ANALYZE_MIN_ROWS and written[table] > 0.1 * max(tuples, 0):
-                cur.execute(f"ANALYZE {q(table)}")
+                vacuum = "ANALYZE" if connection.in_atomic_block else "VACUUM (ANALYZE)"
+                cur.execute(f"{vacuum} {q(table)}")
 
 
 def drop_staging(run: SyncRun) -> None:
