@@ -1751,18 +1751,18 @@ class Merger:
                 f"NOT EXISTS (SELECT 1 FROM {present} m "
                 "WHERE m._sid = t.source_id AND NOT m._deleted)"
             )
-        # The district's rows are hashed against the staged ones: with the default work_mem
-        # a million of them spilled to disk in 16 batches (0.3 s of a re-run).
-        with hash_joins(cur, rows=st.rows + st.kept_rows):
-            cur.execute(
-                f"""
-                SELECT t.id FROM {q(spec.table)} t
-                WHERE t.district_id = %(district)s AND t.source_system = %(source)s
-                  AND t.source_id <> ''{active} AND {seen}
-                """,
-                p,
-            )
-            return [r[0] for r in cur.fetchall()]
+        # With the default work_mem the million hub rows are hashed in batches (16): faster
+        # than one 57 MB hash with the fingerprint statements' work_mem, whose probes miss
+        # the CPU's caches (0.74 s against 0.87 s alone; docs/benchmarks.md, B2 session 11).
+        cur.execute(
+            f"""
+            SELECT t.id FROM {q(spec.table)} t
+            WHERE t.district_id = %(district)s AND t.source_system = %(source)s
+              AND t.source_id <> ''{active} AND {seen}
+            """,
+            p,
+        )
+        return [r[0] for r in cur.fetchall()]
 
     def _dropped_items(self, cur, spec, st: Staged, active: str, p) -> set[int]:
         """Rows exploded from a parent this incomplete read carried (its list is complete) that
