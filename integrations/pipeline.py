@@ -1056,7 +1056,7 @@ class Stager:
         if kept is not None:
             # Records the fingerprints showed unchanged are neither mapped nor merged; their
             # fingerprint is carried along so the merge can store it for the rest. A row (an
-            # exploded item: its line and source id) is one record of the fingerprint table.
+            # exploded item: its ctid and source id) is one record of the fingerprint table.
             selects.append("f._fp AS _fp")
             where = [f"f._sid = {item_sid}"] if read.explode else []
             if filtered:
@@ -2323,8 +2323,8 @@ def analyze_written(results: dict[str, EntityResult]) -> None:
 
     Outside any transaction (a worker's run) it is ``VACUUM (ANALYZE)``, as PostgreSQL's
     advice for bulk loads has it: the next statement to read a million freshly inserted rows
-    otherwise sets each one's hint bits (the next run's removals check paid about 0.4 s), and
-    autovacuum, woken by the inserts, would do the same work in the middle of the next run."""
+    otherwise sets each one's hint bits, and autovacuum, woken by the inserts, would do the
+    same work in the middle of the next run."""
     written: dict[str, int] = {}
     for name, result in results.items():
         table = ent.spec(name).table
