@@ -1058,10 +1058,8 @@ class Stager:
             # fingerprint is carried along so the merge can store it for the rest. A row (an
             # exploded item: its ctid and source id) is one record of the fingerprint table.
             selects.append("f._fp AS _fp")
-            where = [f"f._sid = {item_sid}"] if read.explode else []
-            if filtered:
-                where.append(filtered.removeprefix(" WHERE "))
-            filtered = f" WHERE {' AND '.join(where)}" if where else ""
+            if read.explode:
+                _, filtered = self._joined_sql(read, column, also=[f"f._sid = {item_sid}"])
             # The rows not kept, fetched by their ctid (a tid scan each): a join by line
             # read all the staged rows to find the 1% a re-run maps.
             source = (
@@ -1105,14 +1103,15 @@ class Stager:
 
         return column
 
-    def _joined_sql(self, read: EntityRead, column) -> tuple[str, str]:
+    def _joined_sql(self, read: EntityRead, column, *, also: Sequence[str] = ()) -> tuple[str, str]:
         """The joins of the staged row to its joined files' rows (``j0``, ``j1``...: see
-        _joined_table), and the read's ``where`` filter."""
+        _joined_table), and the read's ``where`` filter with the conditions ``also``."""
         joins = self._joins if read.csv is not None else []
         where = [
             f"{column(k)} IN ({', '.join(lit(v) for v in values)})"
             for k, values in read.where.items()
         ]
+        where.extend(also)
         joined = ""
         for n, (table, _provides, join) in enumerate(joins):
             key, left = q(join.key), q(join.from_field)

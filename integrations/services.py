@@ -16,6 +16,7 @@ import secrets as pysecrets
 import time
 import traceback
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -581,7 +582,7 @@ def runs_reap_abandoned(*, actor, definition: SyncDefinition | None = None) -> l
 
 
 #: A queued run no worker has taken for this long is sent to the workers again.
-QUEUED_RESEND_AFTER = timezone.timedelta(minutes=10)
+QUEUED_RESEND_AFTER = timedelta(minutes=10)
 
 
 def runs_resend_queued(*, after=QUEUED_RESEND_AFTER) -> list[int]:
@@ -601,11 +602,11 @@ def runs_resend_queued(*, after=QUEUED_RESEND_AFTER) -> list[int]:
         )
     )
     stamp = timezone.localtime().strftime("%H:%M")
+    # Bookkeeping the runs' pages show, not a change of the runs: no audit entry.
+    SyncRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED).update(
+        phase=f"No worker had taken it; sent to the workers again at {stamp}"
+    )
     for run_id in ids:
-        # Bookkeeping the run's page shows, not a change of the run: no audit entry.
-        SyncRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
-            phase=f"No worker had taken it; sent to the workers again at {stamp}"
-        )
         _enqueue(run_id)
     return ids
 
@@ -674,7 +675,7 @@ def _circuit_allows(integration: Integration) -> str | None:
         Integration.objects.filter(pk=integration.pk).update(circuit_state=CircuitState.HALF_OPEN)
         integration.circuit_state = CircuitState.HALF_OPEN
         return None
-    retry_at = opened + timezone.timedelta(seconds=cooldown)
+    retry_at = opened + timedelta(seconds=cooldown)
     return (
         f"circuit open after {integration.consecutive_failures} consecutive failures; "
         f"the next trial run is allowed after {retry_at:%Y-%m-%d %H:%M} UTC"
