@@ -1,7 +1,7 @@
 """A real Celery worker process for tests, on a private queue of its own.
 
 The private queue keeps a developer's running worker from taking the test's tasks. The worker
-uses the test database; its output is kept for the test's failure message.
+uses the test database and the test's MEDIA_ROOT; its output is kept for the test's failure message.
 """
 
 from __future__ import annotations
@@ -46,7 +46,12 @@ def celery_worker() -> Iterator[Worker]:
     """Start ``celery worker --pool solo`` on a new queue; stop it and keep its output."""
     check_broker()
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "BXOS_DB_NAME": connection.settings_dict["NAME"]}
+    # The test's database and uploaded files (a test may point MEDIA_ROOT at its own folder).
+    env = {
+        **os.environ,
+        "BXOS_DB_NAME": connection.settings_dict["NAME"],
+        "BXOS_MEDIA_ROOT": str(settings.MEDIA_ROOT),
+    }
     process = subprocess.Popen(
         [
             sys.executable,

@@ -10,15 +10,17 @@ one of them and checks the hub ends as the source says.
 
 from __future__ import annotations
 
+import time
 from datetime import date
 
 import pytest
+from django.core.files import File
 from django.db import connection
 
 from bxos.common.services import model_update
 from bxos.schools.models import Enrollment, SectionEnrollment, Student, StudentGuardian
 from integrations import entities as ent
-from integrations import services
+from integrations import pipeline, services
 from integrations.choices import RunStatus
 from integrations.models import RecordFingerprint, SyncRun
 from integrations.sample import build_roster, write_zip
@@ -351,6 +353,33 @@ def test_a_source_id_twice_in_a_rerun_fails_though_one_copy_is_unchanged(
     assert hub_row.begin_date != date(2026, 10, 1)
 
 
+BULK_TABLES = ("integrations_recordfingerprint", "schools_sectionenrollment")
+
+
+def bulk_table_state() -> dict[str, tuple[int, int, int, float]]:
+    """Per table: manual VACUUMs so far, pages, pages marked all-visible, and the row count
+    the planner believes. Only VACUUM marks pages all-visible (ANALYZE reads and counts)."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT c.relname, s.vacuum_count, c.relpages, c.relallvisible, c.reltuples "
+            "FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid "
+            "WHERE c.relname = ANY(%s) ORDER BY c.relname",
+            [list(BULK_TABLES)],
+        )
+        return {name: tuple(rest) for name, *rest in cur.fetchall()}
+
+
+def assert_bulk_merge_vacuumed(before, after, created: int) -> None:
+    """A merge of ``created`` new rows left both tables vacuumed and analyzed: statistics
+    that count the rows, and every page all-visible (no hint bits left for the next run's
+    first read to set, nothing for autovacuum to do in the middle of that run)."""
+    for table in BULK_TABLES:
+        vacuums, pages, all_visible, tuples = after[table]
+        assert tuples >= created, (table, after[table])
+        assert vacuums > before[table][0], (table, before[table], after[table])
+        assert pages > 0 and all_visible == pages, (table, after[table])
+
+
 # Committed, then flushed: ANALYZE writes a table's size into pg_class in place, which a
 # rollback would not undo, and the rolled-back rows' dead tuples would stay in the pages; later
 # tests (test_merge_emit checks plans) would then plan for rows that are gone.
@@ -359,22 +388,49 @@ def test_a_merge_that_adds_many_rows_refreshes_the_planner_statistics(
     north, system, media, tmp_path
 ):
     """A district's first big run leaves statistics the next run's plans can trust (see
-    pipeline.analyze_written): without them the planner takes the new rows for absent."""
+    pipeline.analyze_written): without them the planner takes the new rows for absent. Run
+    outside a transaction, as a worker runs it, it is a VACUUM (ANALYZE)."""
     definition = make_definition(north, system)
     roster = build_roster(students=300, classes_per_student=4)
+    before = bulk_table_state()
     run = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
     assert run.status == RunStatus.SUCCEEDED, run.message
     created = run.diff["section_enrollment"]["created"]
-    assert created >= 1000
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT reltuples FROM pg_class "
-            "WHERE oid IN ('schools_sectionenrollment'::regclass, "
-            "'integrations_recordfingerprint'::regclass) ORDER BY relname"
-        )
-        fingerprints_seen, enrollments_seen = (row[0] for row in cur.fetchall())
-    assert enrollments_seen >= created
-    assert fingerprints_seen >= created
+    assert created >= pipeline.ANALYZE_MIN_ROWS
+    assert_bulk_merge_vacuumed(before, bulk_table_state(), created)
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_real_workers_bulk_merge_ends_with_vacuum_analyze(
+    north, system, media, tmp_path, monkeypatch
+):
+    """The same through a real Celery worker process (tests/celery_worker.py): the task runs
+    outside any transaction, so the worker's merge takes the VACUUM branch."""
+    from celery import current_app
+
+    from tests.celery_worker import celery_worker
+
+    definition = make_definition(north, system)
+    zipped = write_zip(tmp_path / "r1.zip", build_roster(students=300, classes_per_student=4))
+    before = bulk_table_state()
+    with celery_worker() as worker:
+        # run_start's on-commit hook sends the task to the default queue: this worker's own.
+        monkeypatch.setitem(current_app.conf, "task_default_queue", worker.queue)
+        with open(zipped, "rb") as fh:
+            run = services.run_start(
+                definition=definition, actor=system, upload=File(fh, zipped.name)
+            )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and worker.alive():
+            run.refresh_from_db()
+            if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+                break
+            time.sleep(0.3)
+    assert run.status == RunStatus.SUCCEEDED, (run.status, run.message, worker.output[-2000:])
+    created = run.diff["section_enrollment"]["created"]
+    assert created >= pipeline.ANALYZE_MIN_ROWS
+    assert_bulk_merge_vacuumed(before, bulk_table_state(), created)
 
 
 RECHECK = "WITH stale AS MATERIALIZED"
