@@ -163,6 +163,32 @@ def hash_joins(cur, *, rows: int | None = None) -> Iterator[None]:
     )
 
 
+@contextlib.contextmanager
+def index_probes(cur, *, rows: int) -> Iterator[None]:
+    """For the statements inside, within the caller's transaction: no hash or merge joins,
+    when the records they start from are few (below :data:`HASH_MIN_ROWS`).
+
+    A re-run's 1% joins ten thousand records to the district's million hub rows by primary
+    key. The planner, pricing each probe as a random read from disk, hashed the whole hub table
+    instead: 0.4 s where the probes take 0.05 s, a hub table being in memory while a district
+    syncs (docs/benchmarks.md, B2 session 12). Only for statements that have an index for
+    every join; put back after, as :func:`hash_joins` does."""
+    if rows >= HASH_MIN_ROWS:
+        yield
+        return
+    cur.execute("SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')")
+    hashjoin, mergejoin = cur.fetchone()
+    cur.execute(
+        "SELECT set_config('enable_hashjoin', 'off', true), "
+        "set_config('enable_mergejoin', 'off', true)"
+    )
+    yield
+    cur.execute(
+        "SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
+        [hashjoin, mergejoin],
+    )
+
+
 def staging_columns(table: str) -> list[str]:
     """A staging table's columns, in order (one staged by an earlier version, for a held run,
     may lack some)."""
@@ -1421,11 +1447,7 @@ class Merger:
                 result.skipped += self._match_people(cur, spec, st, res, p)
             if spec.effective_dated:
                 self._match_current(cur, spec, res, p)
-            self._classify(cur, spec, res, p)
-            removal_ids = self._removals(cur, spec, st, res, p)
-            cur.execute(f"SELECT _op, count(*) FROM {res} GROUP BY _op")
-            ops = dict(cur.fetchall())
-            result.unchanged += ops.get("unchanged", 0)
+            self._classify(cur, spec, res, p, rows=good)
             active = " AND is_active" if spec.removal == "deactivate" else ""
             cur.execute(
                 f"SELECT count(*) FROM {table} WHERE district_id = %(district)s "
@@ -1433,6 +1455,12 @@ class Merger:
                 p,
             )
             result.existing = cur.fetchone()[0]
+            removal_ids = self._removals(
+                cur, spec, st, res, p, existing=result.existing, resolved=good
+            )
+            cur.execute(f"SELECT _op, count(*) FROM {res} GROUP BY _op")
+            ops = dict(cur.fetchall())
+            result.unchanged += ops.get("unchanged", 0)
             self._check_thresholds(spec, result, ops.get("update", 0), len(removal_ids))
             result.samples = self._samples(cur, spec, res, removal_ids)
             if self.hold_reasons and not self.approved:
@@ -1705,27 +1733,34 @@ class Merger:
             return f"coalesce(r.{q(spec.target(spec.effective_from).column)}, CURRENT_DATE)"
         return "CURRENT_DATE"
 
-    def _classify(self, cur, spec, res, p) -> None:
+    def _classify(self, cur, spec, res, p, *, rows: int) -> None:
+        """Each resolved record's operation. ``rows``: how many there are; when few, their
+        hub rows are read by primary key (the table of records has an index on ``_rid``)."""
         cols = self._compared_columns(spec)
         hub = ", ".join(f"t.{q(c)}" for c in cols)
         new = ", ".join(f"r.{q(c)}" for c in cols)
-        cur.execute(
-            f"""
-            UPDATE {res} r SET _op = CASE
-                WHEN r._deleted AND r._hub_id IS NULL THEN 'gone'
-                WHEN r._deleted THEN 'delete'
-                WHEN r._hub_id IS NULL THEN 'insert'
-                WHEN r._adopt OR ({hub}) IS DISTINCT FROM ({new}) THEN 'update'
-                ELSE 'unchanged' END
-            FROM (SELECT r2._rid, t.* FROM {res} r2
-                  LEFT JOIN {q(spec.table)} t ON t.id = r2._hub_id) t
-            WHERE t._rid = r._rid
-            """,
-            p,
-        )
+        with index_probes(cur, rows=rows):
+            cur.execute(
+                f"""
+                UPDATE {res} r SET _op = CASE
+                    WHEN r._deleted AND r._hub_id IS NULL THEN 'gone'
+                    WHEN r._deleted THEN 'delete'
+                    WHEN r._hub_id IS NULL THEN 'insert'
+                    WHEN r._adopt OR ({hub}) IS DISTINCT FROM ({new}) THEN 'update'
+                    ELSE 'unchanged' END
+                FROM (SELECT r2._rid, t.* FROM {res} r2
+                      LEFT JOIN {q(spec.table)} t ON t.id = r2._hub_id) t
+                WHERE t._rid = r._rid
+                """,
+                p,
+            )
 
-    def _removals(self, cur, spec, st: Staged, res, p) -> list[int]:
-        """Rows of this source that a complete read no longer has (plus explicit deletes)."""
+    def _removals(
+        self, cur, spec, st: Staged, res, p, *, existing: int, resolved: int
+    ) -> list[int]:
+        """Rows of this source that a complete read no longer has (plus explicit deletes).
+        ``existing``: how many rows of this source the hub has (in use, for an entity whose
+        removal deactivates); ``resolved``: how many records the merge resolved."""
         active = " AND t.is_active" if spec.removal == "deactivate" else ""
         if not st.complete or spec.effective_dated:
             cur.execute(f"SELECT _hub_id FROM {res} WHERE _op = 'delete'")
@@ -1737,6 +1772,10 @@ class Merger:
         # unchanged: both are in the source) says the same as the mapped table says alone.
         present = st.fingerprints or st.table
         if st.fingerprints and "_kept" in staging_columns(st.fingerprints):
+            if not active and self._every_row_seen(
+                cur, spec, st, res, p, existing=existing, resolved=resolved
+            ):
+                return []
             # A kept record's hub row is the one its fingerprint names (stored by source id,
             # and unchanged since): the 99% are matched by that id, a hash of integers, and
             # only the rest by source id, a hash of text.
@@ -1762,6 +1801,61 @@ class Merger:
             p,
         )
         return [r[0] for r in cur.fetchall()]
+
+    def _every_row_seen(
+        self, cur, spec, st: Staged, res, p, *, existing: int, resolved: int
+    ) -> bool:
+        """Whether the source still has every one of the hub's ``existing`` rows, counted
+        instead of matched one by one (a re-run's removals check read a million hub rows
+        against the staged ones: 0.6 to 1.6 s, docs/benchmarks.md, B2 session 12).
+
+        The hub's rows the records cover are counted in two parts that cannot overlap:
+        - the kept records: each names the hub row the last merge left for its source id.
+          When nothing of the table in the district was written or deleted since staging,
+          that row is still there, of this source and under that id, so it is one of the
+          existing rows; two kept records never share one (a source id staged twice is
+          never kept, and the rows have different source ids);
+        - the rows whose source id a mapped, not deleted record carries, by primary key
+          from the records the merge resolved (no kept record has such an id: it would
+          have been staged twice).
+        If the two add up to ``existing``, no row is left over to remove. Otherwise (or if
+        the hub changed since staging, or a record failed and is not among the resolved
+        ones) the caller matches the rows one by one, as without fingerprints. Not for an
+        entity whose removal deactivates: a kept record's row may be inactive, outside
+        the count; nor when this run changed keys in the table first."""
+        if not st.kept_rows or st.kept_seen is None or st.key_changes:
+            return False
+        if self._hub_changed_since(cur, spec, p, seen=st.kept_seen, mine_too=True):
+            return False
+        with index_probes(cur, rows=resolved):
+            cur.execute(
+                f"""
+                SELECT count(DISTINCT t.id) FROM {res} r JOIN {q(spec.table)} t
+                  ON t.id = r._hub_id AND t.source_id = r._sid
+                WHERE NOT r._deleted AND t.district_id = %(district)s
+                  AND t.source_system = %(source)s AND t.source_id <> ''
+                """,
+                p,
+            )
+            mapped = cur.fetchone()[0]
+        return existing == st.kept_rows + mapped
+
+    def _hub_changed_since(
+        self, cur, spec, p, *, seen: int, removed: Sequence[int] = (), mine_too: bool = False
+    ) -> bool:
+        """Whether anything of ``spec``'s table in this district was written (by another
+        run, or by hand; ``mine_too``: by this run as well) or deleted (but ``removed``)
+        after change version ``seen``, by the change-version indexes."""
+        others = "" if mine_too else " AND last_run_id IS DISTINCT FROM %(run)s"
+        cur.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {q(spec.table)} WHERE change_version > %(seen)s "
+            f"AND district_id = %(district)s{others}) "
+            "OR EXISTS (SELECT 1 FROM common_tombstone "
+            "WHERE table_name = %(table)s AND change_version > %(seen)s "
+            "AND district_id = %(district)s AND object_id <> ALL(%(removed)s))",
+            {**p, "seen": seen, "table": spec.table, "removed": list(removed)},
+        )
+        return cur.fetchone()[0]
 
     def _dropped_items(self, cur, spec, st: Staged, active: str, p) -> set[int]:
         """Rows exploded from a parent this incomplete read carried (its list is complete) that
@@ -1806,24 +1900,14 @@ class Merger:
         # The hub's defaults changed since staging (this run merged a new school year): any
         # kept record may map differently now.
         moved = hub_defaults(spec, self.run.district_id) != st.defaults
-        if not moved and st.kept_seen is not None:
-            # Nothing of this table in this district written or deleted since staging looked
-            # (by the change-version indexes): no kept record's hub row can have changed.
-            cur.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE change_version > %(seen)s "
-                "AND district_id = %(district)s AND last_run_id IS DISTINCT FROM %(run)s) "
-                "OR EXISTS (SELECT 1 FROM common_tombstone "
-                "WHERE table_name = %(table)s AND change_version > %(seen)s "
-                "AND district_id = %(district)s AND object_id <> ALL(%(removed)s))",
-                {
-                    **p,
-                    "seen": st.kept_seen,
-                    "table": spec.table,
-                    "removed": list(removal_ids),
-                },
-            )
-            if not cur.fetchone()[0]:
-                return st.kept_rows
+        # Nothing of this table in this district written or deleted since staging looked: no
+        # kept record's hub row can have changed.
+        if (
+            not moved
+            and st.kept_seen is not None
+            and not self._hub_changed_since(cur, spec, p, seen=st.kept_seen, removed=removal_ids)
+        ):
+            return st.kept_rows
         # By hash over the district's rows: a million probes of the hub's indexes, one per
         # kept record, took longer than reading the district's rows once.
         with hash_joins(cur, rows=st.kept_rows):

@@ -625,3 +625,102 @@ def test_a_list_exploded_into_records_is_kept_item_by_item(north, system, media,
     assert third.diff["student_guardian"]["kept"] == third.diff["student_guardian"]["read"] == 1
     assert third.diff["student_guardian"]["deleted"] == 0
     assert sorted(g0.values_list("student__source_id", flat=True)) == ["s2"]
+
+
+# The statement that matches the hub's rows to the staged records one by one (Merger._removals).
+MATCHED_ONE_BY_ONE = "k._kept AND k._hub_id = t.id"
+
+
+def removal_matches(queries, table: str) -> list[str]:
+    return [
+        q["sql"]
+        for q in queries.captured_queries
+        if MATCHED_ONE_BY_ONE in q["sql"] and f'FROM "{table}" t' in q["sql"]
+    ]
+
+
+def test_a_rerun_without_removals_counts_rows_instead_of_matching_them(
+    north, system, media, tmp_path
+):
+    """When the kept records and the mapped ones add up to the hub's rows, nothing is left to
+    remove (Merger._every_row_seen); otherwise the rows are matched and the missing removed."""
+    from django.test.utils import CaptureQueriesContext
+
+    definition = make_definition(north, system)
+    roster = build_roster(students=12)
+    run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    roster.find("users", "s3")["familyName"] = "Renamed"
+    changed = next(e for e in roster.rows("enrollments") if e["userSourcedId"] == "s2")
+    changed["beginDate"] = "2026-09-01"
+    with CaptureQueriesContext(connection) as queries:
+        run = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    assert run.diff["section_enrollment"]["updated"] == 1
+    assert run.diff["section_enrollment"]["deleted"] == 0
+    assert not removal_matches(queries, "schools_sectionenrollment")
+
+    # One enrollment less: the counts differ, the rows are matched and that one is removed.
+    gone = next(e for e in roster.rows("enrollments") if e["userSourcedId"] == "s4")
+    roster.files["enrollments"].remove(gone)
+    with CaptureQueriesContext(connection) as queries:
+        run = run_zip(definition, system, write_zip(tmp_path / "r3.zip", roster))
+    assert run.status == RunStatus.SUCCEEDED, run.message
+    assert run.diff["section_enrollment"]["deleted"] == 1
+    assert removal_matches(queries, "schools_sectionenrollment")
+    assert not SectionEnrollment.objects.filter(source_id=gone["sourcedId"]).exists()
+    synced = SectionEnrollment.objects.filter(district=north.district, source_system=SOURCE)
+    assert synced.count() == len([e for e in roster.rows("enrollments") if e["role"] == "student"])
+
+
+def test_a_kept_row_deleted_by_hand_does_not_hide_a_removal(north, system, media, tmp_path):
+    """A held run's file lacks one enrollment; before it is approved, an admin deletes another,
+    kept, enrollment. Counted, the two would cancel out (the kept records would still add up to
+    the hub's rows): the hub changed since staging, so the rows are matched one by one."""
+    from bxos.common.services import model_delete
+
+    definition = make_definition(north, system, hold_min_rows=20)
+    roster = build_roster(students=40)
+    first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
+    assert first.status == RunStatus.SUCCEEDED, first.message
+    # Half the students leave (held: too many removals), and one of s0's classes ends.
+    roster.files["users"] = [
+        u
+        for u in roster.rows("users")
+        if not (u["sourcedId"].startswith("s") and int(u["sourcedId"][1:]) % 2)
+    ]
+    dropped = next(e for e in roster.rows("enrollments") if e["userSourcedId"] == "s0")
+    roster.files["enrollments"].remove(dropped)
+    held = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
+    assert held.status == RunStatus.HELD, held.message
+    staged = {s["entity"]: s for s in held.staging["entities"]}["section_enrollment"]
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT _hub_id FROM {staged['kept']} LIMIT 1")
+        (kept_id,) = cur.fetchone()
+    model_delete(
+        instance=SectionEnrollment.objects.get(pk=kept_id), actor=north.users["district_admin"]
+    )
+
+    approved = services.run_approve(run=held, actor=system, enqueue=False)
+    assert approved.status == RunStatus.SUCCEEDED, approved.message
+    assert approved.diff["section_enrollment"]["deleted"] == 1
+    assert not SectionEnrollment.objects.filter(source_id=dropped["sourcedId"]).exists()
+
+
+def test_index_probes_turn_hash_and_merge_joins_off_for_few_rows_and_back_after(db):
+    from django.db import transaction
+
+    def settings() -> tuple[str, str]:
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')"
+            )
+            return cur.fetchone()
+
+    with transaction.atomic(), connection.cursor() as cur:
+        before = settings()
+        assert before == ("on", "on")
+        with pipeline.index_probes(cur, rows=pipeline.HASH_MIN_ROWS - 1):
+            assert settings() == ("off", "off")
+        assert settings() == before
+        with pipeline.index_probes(cur, rows=pipeline.HASH_MIN_ROWS):
+            assert settings() == before
