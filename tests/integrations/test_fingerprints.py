@@ -259,9 +259,9 @@ def test_rollback_then_the_same_zip_again_leaves_the_hub_as_the_source_says(
     assert third.diff["section_enrollment"]["deleted"] >= 4
 
 
-def held_run(world, actor, tmp_path):
+def held_run(world, actor, tmp_path, *, edit=None):
     """A first run of 40 students, then a file without half of them (held: too many
-    removals) in which s0 is renamed."""
+    removals) in which s0 is renamed, and ``edit(roster)`` made if given."""
     definition = make_definition(world, actor, hold_min_rows=20)
     roster = build_roster(students=40)
     first = run_zip(definition, actor, write_zip(tmp_path / "r1.zip", roster))
@@ -272,6 +272,8 @@ def held_run(world, actor, tmp_path):
         if not (u["sourcedId"].startswith("s") and int(u["sourcedId"][1:]) % 2)
     ]
     roster.find("users", "s0")["familyName"] = "Renamed"
+    if edit is not None:
+        edit(roster)
     before = fingerprints(definition)
     held = run_zip(definition, actor, write_zip(tmp_path / "r2.zip", roster))
     assert held.status == RunStatus.HELD, held.message
@@ -678,20 +680,15 @@ def test_a_kept_row_deleted_by_hand_does_not_hide_a_removal(north, system, media
     the hub's rows): the hub changed since staging, so the rows are matched one by one."""
     from bxos.common.services import model_delete
 
-    definition = make_definition(north, system, hold_min_rows=20)
-    roster = build_roster(students=40)
-    first = run_zip(definition, system, write_zip(tmp_path / "r1.zip", roster))
-    assert first.status == RunStatus.SUCCEEDED, first.message
-    # Half the students leave (held: too many removals), and one of s0's classes ends.
-    roster.files["users"] = [
-        u
-        for u in roster.rows("users")
-        if not (u["sourcedId"].startswith("s") and int(u["sourcedId"][1:]) % 2)
-    ]
-    dropped = next(e for e in roster.rows("enrollments") if e["userSourcedId"] == "s0")
-    roster.files["enrollments"].remove(dropped)
-    held = run_zip(definition, system, write_zip(tmp_path / "r2.zip", roster))
-    assert held.status == RunStatus.HELD, held.message
+    dropped = []
+
+    def end_one_of_s0s_classes(roster):
+        dropped.append(next(e for e in roster.rows("enrollments") if e["userSourcedId"] == "s0"))
+        roster.files["enrollments"].remove(dropped[0])
+
+    _definition, _roster, held, _before = held_run(
+        north, system, tmp_path, edit=end_one_of_s0s_classes
+    )
     staged = {s["entity"]: s for s in held.staging["entities"]}["section_enrollment"]
     with connection.cursor() as cur:
         cur.execute(f"SELECT _hub_id FROM {staged['kept']} LIMIT 1")
@@ -703,7 +700,7 @@ def test_a_kept_row_deleted_by_hand_does_not_hide_a_removal(north, system, media
     approved = services.run_approve(run=held, actor=system, enqueue=False)
     assert approved.status == RunStatus.SUCCEEDED, approved.message
     assert approved.diff["section_enrollment"]["deleted"] == 1
-    assert not SectionEnrollment.objects.filter(source_id=dropped["sourcedId"]).exists()
+    assert not SectionEnrollment.objects.filter(source_id=dropped[0]["sourcedId"]).exists()
 
 
 def test_index_probes_turn_hash_and_merge_joins_off_for_few_rows_and_back_after(db):
