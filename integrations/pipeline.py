@@ -134,6 +134,27 @@ ANALYZE_MIN_ROWS = 1000
 
 
 @contextlib.contextmanager
+def local_settings(cur, settings: dict[str, str]) -> Iterator[None]:
+    """``settings`` (PostgreSQL's, by name) for the statements inside, as transaction-local
+    settings put back after: nothing else in the caller's transaction sees them, and a failed
+    statement's savepoint or transaction undoes them too."""
+    names = list(settings)
+    shown = ", ".join(f"current_setting({lit(name)})" for name in names)
+    cur.execute(f"SELECT {shown}")
+    before = cur.fetchone()
+
+    def put(values) -> None:
+        cur.execute(
+            "SELECT " + ", ".join(f"set_config({lit(name)}, %s, true)" for name in names),
+            list(values),
+        )
+
+    put(settings.values())
+    yield
+    put(before)
+
+
+@contextlib.contextmanager
 def hash_joins(cur, *, rows: int | None = None) -> Iterator[None]:
     """For the statements inside, within the caller's transaction: no nested loops.
 
@@ -141,26 +162,15 @@ def hash_joins(cur, *, rows: int | None = None) -> Iterator[None]:
     by hash: the hub table was just loaded by this transaction (a first run inserting a
     million rows) and the fingerprints by the previous run, so their statistics may say
     "empty", and the planner's nested loop over them then takes hours instead of a second.
-    Set as a transaction-local setting and put back after, so nothing else in the merge sees
-    it (a failed statement's savepoint or transaction undoes it too).
 
     ``rows``: how many records the statements start from; below :data:`HASH_MIN_ROWS` the
     planner is left to choose. None: hash whatever the count."""
     if rows is not None and rows < HASH_MIN_ROWS:
         yield
         return
-    cur.execute("SELECT current_setting('enable_nestloop'), current_setting('work_mem')")
-    nestloop, work_mem = cur.fetchone()
     # Memory enough to hash a million records' fingerprints without spilling to disk.
-    cur.execute(
-        "SELECT set_config('enable_nestloop', 'off', true), set_config('work_mem', %s, true)",
-        [HASH_WORK_MEM],
-    )
-    yield
-    cur.execute(
-        "SELECT set_config('enable_nestloop', %s, true), set_config('work_mem', %s, true)",
-        [nestloop, work_mem],
-    )
+    with local_settings(cur, {"enable_nestloop": "off", "work_mem": HASH_WORK_MEM}):
+        yield
 
 
 @contextlib.contextmanager
@@ -172,21 +182,12 @@ def index_probes(cur, *, rows: int) -> Iterator[None]:
     key. The planner, pricing each probe as a random read from disk, hashed the whole hub table
     instead: 0.4 s where the probes take 0.05 s, a hub table being in memory while a district
     syncs (docs/benchmarks.md, B2 session 12). Only for statements that have an index for
-    every join; put back after, as :func:`hash_joins` does."""
+    every join."""
     if rows >= HASH_MIN_ROWS:
         yield
         return
-    cur.execute("SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')")
-    hashjoin, mergejoin = cur.fetchone()
-    cur.execute(
-        "SELECT set_config('enable_hashjoin', 'off', true), "
-        "set_config('enable_mergejoin', 'off', true)"
-    )
-    yield
-    cur.execute(
-        "SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
-        [hashjoin, mergejoin],
-    )
+    with local_settings(cur, {"enable_hashjoin": "off", "enable_mergejoin": "off"}):
+        yield
 
 
 def staging_columns(table: str) -> list[str]:
@@ -547,9 +548,10 @@ class Stager:
         # The row's ctid lets mapping fetch the few rows not kept without reading the rest.
         # The source id's 64-bit hash finds the ids staged twice: grouping a million of them
         # as text was about 0.3 s more, and a collision only leaves a record not kept.
+        sid_hash = FINGERPRINT_HASH.format(f"({item_sid})")
         staged = (
             f"SELECT r._line AS _line, r.ctid AS _ctid, ({item_sid}) AS _sid, "
-            f"{FINGERPRINT_HASH.format(f'({item_sid})')} AS _sh, ({deleted_sql}) AS _deleted, "
+            f"{sid_hash} AS _sh, ({deleted_sql}) AS _deleted, "
             f"{fp} AS _fp FROM {raw} r{joined}{explode}{filtered}"
         ).replace("%", "%%")  # source text (a column's name) inside a statement with parameters
         # Without joined files, the ids staged twice are grouped straight from the staged rows:
@@ -560,7 +562,7 @@ class Stager:
             dups = "SELECT d._sh FROM f d GROUP BY d._sh HAVING count(*) > 1"
         else:
             dups = (
-                f"SELECT {FINGERPRINT_HASH.format(f'({item_sid})')} AS _sh "
+                f"SELECT {sid_hash} AS _sh "
                 f"FROM {raw} r{explode}{filtered} GROUP BY 1 HAVING count(*) > 1"
             ).replace("%", "%%")
         with transaction.atomic(), connection.cursor() as cur, hash_joins(cur, rows=rows):
